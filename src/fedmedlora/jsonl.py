@@ -45,7 +45,14 @@ def document_to_dict(doc: Document) -> dict[str, Any]:
                     for e in s.entities
                 ],
                 "modifiers": [
-                    {"id": m.id, "type": m.type, "start": m.start, "end": m.end, "text": m.text, "head": m.head}
+                    {
+                        "id": m.id,
+                        "type": m.type,
+                        "start": m.start,
+                        "end": m.end,
+                        "text": m.text,
+                        "head": m.head,
+                    }
                     for m in s.modifiers
                 ],
             }

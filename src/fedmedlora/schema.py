@@ -59,9 +59,7 @@ VALID_MODIFIERS: dict[str, frozenset[str]] = {
         {"severity", "condition", "uncertain", "subject", "bodyloc", "course", "temporal", "negation"}
     ),
     "treatment": frozenset({"temporal", "negation"}),
-    "drug": frozenset(
-        {"strength", "dosage", "duration", "form", "frequency", "route", "temporal", "negation"}
-    ),
+    "drug": frozenset({"strength", "dosage", "duration", "form", "frequency", "route", "temporal", "negation"}),
     "test": frozenset({"labvalue", "reference_range", "temporal", "negation"}),
 }
 
@@ -263,9 +261,7 @@ class Document:
                     raise SchemaError(f"{sw} modifier {m.id!r}: head: {m.head!r} is not an entity of the sentence")
                 head_type = s.entity(m.head).type
                 if m.type not in VALID_MODIFIERS[head_type]:
-                    raise SchemaError(
-                        f"{sw} modifier {m.id!r}: type: {m.type!r} cannot modify a {head_type!r} entity"
-                    )
+                    raise SchemaError(f"{sw} modifier {m.id!r}: type: {m.type!r} cannot modify a {head_type!r} entity")
                 if m.type not in self.label_set.modifiers:
                     raise SchemaError(f"{sw} modifier {m.id!r}: type: {m.type!r} is not in the site's label set")
 

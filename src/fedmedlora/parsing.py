@@ -1,0 +1,290 @@
+"""Model output text → sentence-relative ``Span`` s, with every failure counted by reason. Never raises on text.
+
+Owns the parsers of the registered output formats (``PARSERS``, keys as ``fedmedlora.prompts.FORMATS``).
+Must not import torch, transformers, peft or flwr.
+
+HTML (the paper's inline markup)
+    A tolerant regex tag scanner recognises ``<span class="x">`` (also ``class='x'``, ``class=x``, any case,
+    extra attributes), ``</span>`` and nesting; everything else is plain text. The tag-stripped text is aligned
+    to the original sentence character by character (identity when equal, otherwise
+    ``difflib.SequenceMatcher(autojunk=False)``); a span maps to sentence offsets only when all its characters
+    lie in ONE matching block, i.e. are reproduced exactly and contiguously. Whitespace at the inside edges of a
+    span is trimmed first. There is no fuzzy token matching (cf. the reference code's character-set Jaccard).
+
+JSON
+    Code fences are stripped, the list starting at the first ``[`` is decoded item by item (so trailing garbage
+    and truncation after the last complete item are tolerated), each ``{"type", "text"}`` (``"entity"`` is
+    accepted for ``"type"``) is located by exact substring search from a cursor: first from the start of the
+    previous match onward, then from the sentence start, never using the same (start, end, type) twice.
+
+Failure reasons (``ParseResult.failures``)
+    ``unknown_type``  span of a type not in ``allowed_types`` (dropped, never a false positive)
+    ``text_mismatch`` HTML span whose text is not reproduced exactly and contiguously in the sentence
+    ``not_found``     JSON item whose text does not occur (again) in the sentence
+    ``unclosed_tag``  ``<span>`` never closed (the span is dropped)
+    ``stray_close``   ``</span>`` without an open span
+    ``truncated``     output ends inside a tag (HTML) or inside the JSON list (JSON)
+    ``empty_span``    span / item with empty (or whitespace-only) text
+    ``no_class``      ``<span>`` without a class attribute
+    ``invalid_json``  no JSON list found / undecodable
+    ``invalid_item``  list item that is not an object with string ``type`` and ``text``
+    ``duplicate``     the same span predicted twice (kept once)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+from fedmedlora.schema import Span
+
+#: Generation that runs on past the answer into a new prompt section is cut here.
+_SECTION = re.compile(r"\n\s*###")
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """Spans recovered from one model output.
+
+    Attributes:
+        spans: distinct sentence-relative spans of allowed types, sorted.
+        n_failures: ``sum(failures.values())``.
+        failures: count per failure reason (see the module docstring).
+    """
+
+    spans: tuple[Span, ...]
+    n_failures: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+def _result(spans: Iterable[Span], fails: Counter[str]) -> ParseResult:
+    uniq: list[Span] = []
+    seen: set[Span] = set()
+    for s in spans:
+        if s in seen:
+            fails["duplicate"] += 1
+            continue
+        seen.add(s)
+        uniq.append(s)
+    failures = {k: v for k, v in sorted(fails.items()) if v}
+    return ParseResult(tuple(sorted(uniq)), sum(failures.values()), failures)
+
+
+def _cut_trailing_section(output: str) -> str:
+    m = _SECTION.search(output)
+    return output[: m.start()] if m else output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------------------
+
+_TAG = re.compile(
+    r"<\s*(?P<close>/)?\s*span\b(?P<attrs>[^<>]*)>",
+    re.IGNORECASE,
+)
+_CLASS = re.compile(r"""\bclass\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s"'>/]+))""", re.IGNORECASE)
+#: A tag cut off by the end of the output: "<", "<sp", '<span class="pro', "</spa".
+_PARTIAL_TAG_AT_END = re.compile(r"<\s*/?\s*(?:s(?:p(?:a(?:n(?:\b[^<>]*)?)?)?)?)?\s*$", re.IGNORECASE)
+
+
+def scan_html(output: str) -> tuple[str, list[tuple[int, int, str]], Counter[str]]:
+    """Strip span tags from ``output``.
+
+    Returns:
+        ``(stripped_text, spans, failures)`` where spans are ``(start, end, class)`` into ``stripped_text``
+        (class lower-cased and stripped; ``""`` when the tag had no class).
+    """
+    fails: Counter[str] = Counter()
+    m_end = _PARTIAL_TAG_AT_END.search(output)
+    if m_end and m_end.start() < len(output):
+        fails["truncated"] += 1
+        output = output[: m_end.start()]
+    text: list[str] = []
+    n = 0
+    stack: list[tuple[int, str]] = []
+    spans: list[tuple[int, int, str]] = []
+    pos = 0
+    for m in _TAG.finditer(output):
+        chunk = output[pos : m.start()]
+        text.append(chunk)
+        n += len(chunk)
+        pos = m.end()
+        if m.group("close"):
+            if stack:
+                start, cls = stack.pop()
+                spans.append((start, n, cls))
+            else:
+                fails["stray_close"] += 1
+        else:
+            cm = _CLASS.search(m.group("attrs"))
+            cls = ""
+            if cm:
+                cls = (cm.group("dq") or cm.group("sq") or cm.group("bare") or "").strip().lower()
+            stack.append((n, cls))
+    text.append(output[pos:])
+    fails["unclosed_tag"] += len(stack)
+    return "".join(text), spans, fails
+
+
+def _block_map(stripped: str, sentence: str) -> Callable[[int, int], tuple[int, int] | None]:
+    """A function mapping a stripped-text interval to sentence offsets when it lies in one matching block."""
+    if stripped == sentence:
+        return lambda a, b: (a, b)
+    blocks = [
+        b for b in SequenceMatcher(None, stripped, sentence, autojunk=False).get_matching_blocks() if b.size
+    ]
+
+    def mapper(a: int, b: int) -> tuple[int, int] | None:
+        for blk in blocks:
+            if blk.a <= a and b <= blk.a + blk.size:
+                return blk.b + (a - blk.a), blk.b + (b - blk.a)
+        return None
+
+    return mapper
+
+
+def parse_html(output: str, sentence_text: str, allowed_types: Iterable[str]) -> ParseResult:
+    """Parse inline ``<span class="type">`` markup (see the module docstring)."""
+    allowed = {t.lower() for t in allowed_types}
+    stripped, raw, fails = scan_html(_cut_trailing_section(output))
+    mapper: Callable[[int, int], tuple[int, int] | None] | None = None
+    spans: list[Span] = []
+    for a, b, cls in raw:
+        while a < b and stripped[a].isspace():
+            a += 1
+        while b > a and stripped[b - 1].isspace():
+            b -= 1
+        if not cls:
+            fails["no_class"] += 1
+            continue
+        if cls not in allowed:
+            fails["unknown_type"] += 1
+            continue
+        if a >= b:
+            fails["empty_span"] += 1
+            continue
+        if mapper is None:
+            mapper = _block_map(stripped, sentence_text)
+        mapped = mapper(a, b)
+        if mapped is None:
+            fails["text_mismatch"] += 1
+            continue
+        spans.append(Span(mapped[0], mapped[1], cls))
+    return _result(spans, fails)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[a-zA-Z]*")
+
+
+def _decode_list(output: str, fails: Counter[str]) -> list:
+    """Decode the JSON list starting at the first ``[``, item by item; tolerant of truncation and garbage."""
+    text = _FENCE.sub("", output)
+    start = text.find("[")
+    if start < 0:
+        fails["invalid_json"] += 1
+        return []
+    dec = json.JSONDecoder()
+    items: list = []
+    i = start + 1
+    n = len(text)
+    while True:
+        while i < n and (text[i].isspace() or text[i] == ","):
+            i += 1
+        if i >= n:
+            fails["truncated"] += 1
+            return items
+        if text[i] == "]":
+            return items
+        try:
+            item, i = dec.raw_decode(text, i)
+        except (json.JSONDecodeError, RecursionError):
+            rest = text[i:]
+            # An item cut off by the end of the output is truncation; anything else is undecodable.
+            fails["truncated" if "]" not in rest else "invalid_json"] += 1
+            return items
+        items.append(item)
+
+
+def _locate(
+    needle: str, typ: str, sentence: str, cursor: int, used: set[tuple[int, int, str]]
+) -> tuple[int, int] | None:
+    for lo, hi in ((cursor, len(sentence)), (0, cursor + len(needle) - 1)):
+        i = sentence.find(needle, lo, hi if hi <= len(sentence) else len(sentence))
+        while i >= 0:
+            if (i, i + len(needle), typ) not in used:
+                return i, i + len(needle)
+            i = sentence.find(needle, i + 1, hi if hi <= len(sentence) else len(sentence))
+    return None
+
+
+def parse_json(output: str, sentence_text: str, allowed_types: Iterable[str]) -> ParseResult:
+    """Parse a JSON list of ``{"type", "text"}`` objects (see the module docstring)."""
+    allowed = {t.lower() for t in allowed_types}
+    fails: Counter[str] = Counter()
+    items = _decode_list(_cut_trailing_section(output), fails)
+    spans: list[Span] = []
+    used: set[tuple[int, int, str]] = set()
+    cursor = 0
+    for item in items:
+        typ = item.get("type", item.get("entity")) if isinstance(item, dict) else None
+        txt = item.get("text") if isinstance(item, dict) else None
+        if not isinstance(typ, str) or not isinstance(txt, str):
+            fails["invalid_item"] += 1
+            continue
+        typ = typ.strip().lower()
+        if typ not in allowed:
+            fails["unknown_type"] += 1
+            continue
+        txt = txt.strip()
+        if not txt:
+            fails["empty_span"] += 1
+            continue
+        loc = _locate(txt, typ, sentence_text, cursor, used)
+        if loc is None:
+            fails["not_found"] += 1
+            continue
+        used.add((loc[0], loc[1], typ))
+        cursor = loc[0]
+        spans.append(Span(loc[0], loc[1], typ))
+    return _result(spans, fails)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------------------
+
+PARSERS: dict[str, Callable[[str, str, Iterable[str]], ParseResult]] = {"html": parse_html, "json": parse_json}
+
+
+def parse(output: str, sentence_text: str, task: str, fmt: str, allowed_types: Iterable[str]) -> ParseResult:
+    """Parse one model answer into sentence-relative spans.
+
+    Args:
+        output: the generated text (the answer only, after ``### Output Text:``); any string.
+        sentence_text: the original sentence (``Sentence.text``) the prompt was built from.
+        task: ``"ner"`` or ``"re"`` (both formats parse the same way; RE spans are the head's modifiers).
+        fmt: a key of ``PARSERS``.
+        allowed_types: the types the prompt asked for (``fedmedlora.prompts.allowed_types``); others are dropped
+            and counted as ``unknown_type``.
+
+    Raises:
+        ValueError: only for an unknown ``fmt`` or ``task`` (configuration errors), never for ``output``.
+    """
+    if task not in ("ner", "re"):
+        raise ValueError(f"parse: unknown task {task!r}; choose 'ner' or 're'")
+    try:
+        parser = PARSERS[fmt]
+    except KeyError:
+        raise ValueError(f"parse: unknown format {fmt!r}; choose one of {sorted(PARSERS)}") from None
+    if not isinstance(output, str):
+        return ParseResult((), 1, {"invalid_output": 1})
+    return parser(output, sentence_text, allowed_types)

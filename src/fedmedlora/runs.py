@@ -1,0 +1,108 @@
+"""The self-describing run folder.
+
+Owns the layout every command writes (and nothing else writes run files)::
+
+    <run>/config.yaml          resolved RunConfig, written before any work starts
+    <run>/run.json             what ran: command, setting, sites, versions, start/end time, status
+    <run>/rounds.jsonl         one record per federated round (or one per local training call)
+    <run>/comm.jsonl           one record per message: round, site, direction, tensor count, bytes, tensor names
+    <run>/adapters/round_<N>/  PEFT adapter folders (checkpoints); adapters/final/ the final adapter
+    <run>/eval/<name>.json|md  evaluation tables
+
+Must not import torch or flwr.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from fedmedlora import __version__
+from fedmedlora.config import RunConfig
+
+
+class RunDir:
+    """A run's output folder. Creating one with a config writes ``config.yaml`` first."""
+
+    def __init__(self, path: str | Path, config: RunConfig | None = None, *, command: str = "", **info: Any):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            config.save(self.path / "config.yaml")
+            self.write_json(
+                "run.json",
+                {
+                    "command": command,
+                    "fedmedlora_version": __version__,
+                    "python": platform.python_version(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "status": "running",
+                    **info,
+                },
+            )
+
+    # ---- generic writers ---------------------------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> Path:
+        p = self.path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".partial")
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n", encoding="utf-8")
+        tmp.replace(p)
+        return p
+
+    def write_text(self, name: str, text: str) -> Path:
+        p = self.path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+        return p
+
+    def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        p = self.path / name
+        with p.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
+
+    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        p = self.path / name
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    # ---- well-known places ---------------------------------------------------------------------------------------
+    @property
+    def config(self) -> RunConfig:
+        from fedmedlora.config import load_config
+
+        return load_config(self.path / "config.yaml")
+
+    def adapter_dir(self, round_or_name: int | str) -> Path:
+        name = f"round_{round_or_name}" if isinstance(round_or_name, int) else round_or_name
+        return self.path / "adapters" / name
+
+    def eval_dir(self) -> Path:
+        d = self.path / "eval"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def finish(self, status: str = "done", **info: Any) -> None:
+        p = self.path / "run.json"
+        run = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        run.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
+        self.write_json("run.json", run)
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, set | frozenset | tuple):
+        return sorted(o) if isinstance(o, set | frozenset) else list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

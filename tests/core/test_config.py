@@ -1,0 +1,42 @@
+import pytest
+
+from fedmedlora.config import ConfigError, RunConfig, load_config
+
+
+def test_defaults_are_the_reference_hyperparameters():
+    cfg = RunConfig()
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 64, 0.0)
+    assert cfg.train.learning_rate == 2e-4 and cfg.train.batch_size == 4
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: demo\ntrain:\n  max_steps: 5\nfederation:\n  strategy: fedmedlora+\n")
+    cfg = load_config(p, ["train.max_steps=7", "federation.sites=[chia, phee]", "model.name=null"])
+    assert cfg.name == "demo" and cfg.train.max_steps == 7
+    assert cfg.federation.strategy == "fedmedlora+" and cfg.federation.sites == ["chia", "phee"]
+    assert cfg.model.name is None
+    cfg.save(tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+
+
+def test_all_errors_reported_with_field_names(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  batch_size: 0\n  lr: 1\nfederation:\n  strategy: fedprox\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert str(p) in msg
+    assert "train.batch_size" in msg and "train.lr" in msg and "federation.strategy" in msg
+
+
+def test_override_syntax_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.max_steps"])
+
+
+def test_flower_run_config_round_trip():
+    cfg = load_config(None, ["federation.sites=[chia, bc5cdr]", "train.max_steps=3", "lora.target_modules=[q_proj]"])
+    flat = cfg.to_flower_run_config()
+    assert all(isinstance(v, bool | int | float | str) for v in flat.values())
+    assert RunConfig.from_flower_run_config({**flat, "num-server-rounds": 3}) == cfg
