@@ -15,7 +15,8 @@ JSON
     Code fences are stripped, the list starting at the first ``[`` is decoded item by item (so trailing garbage
     and truncation after the last complete item are tolerated), each ``{"type", "text"}`` (``"entity"`` is
     accepted for ``"type"``) is located by exact substring search from a cursor: first from the start of the
-    previous match onward, then from the sentence start, never using the same (start, end, type) twice.
+    previous match onward, then from the sentence start, never using the same (start, end, type) twice. For RE,
+    when the caller passes the head span, the unused occurrence nearest to the head is taken instead.
 
 Failure reasons (``ParseResult.failures``)
     ``unknown_type``  span of a type not in ``allowed_types`` (dropped, never a false positive)
@@ -83,27 +84,35 @@ def _cut_trailing_section(output: str) -> str:
 # HTML
 # --------------------------------------------------------------------------------------------------------------
 
-_TAG = re.compile(
-    r"<\s*(?P<close>/)?\s*span\b(?P<attrs>[^<>]*)>",
-    re.IGNORECASE,
-)
+_TAG = re.compile(r"<\s*(?P<close>/\s*)?span\b(?P<attrs>[^<>]*)>", re.IGNORECASE)
 _CLASS = re.compile(r"""\bclass\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s"'>/]+))""", re.IGNORECASE)
-#: A tag cut off by the end of the output: "<", "<sp", '<span class="pro', "</spa".
-_PARTIAL_TAG_AT_END = re.compile(r"<\s*/?\s*(?:s(?:p(?:a(?:n(?:\b[^<>]*)?)?)?)?)?\s*$", re.IGNORECASE)
+#: The tail after the last "<" of a tag cut off by the end of the output: "", "sp", 'span class="pro', "/spa".
+_PARTIAL_TAG_TAIL = re.compile(r"\s*(?:/\s*)?(?:s(?:p(?:a(?:n(?:\b.*)?)?)?)?)?", re.IGNORECASE | re.DOTALL)
 
 
-def scan_html(output: str) -> tuple[str, list[tuple[int, int, str]], Counter[str]]:
+def _partial_tag_start(output: str) -> int:
+    """Index of a tag cut off by the end of ``output`` (no ``>`` after the last ``<``), or -1."""
+    i = output.rfind("<")
+    if i < 0 or ">" in output[i:] or not _PARTIAL_TAG_TAIL.fullmatch(output, i + 1):
+        return -1
+    return i
+
+
+def scan_html(output: str, sentence_text: str = "") -> tuple[str, list[tuple[int, int, str]], Counter[str]]:
     """Strip span tags from ``output``.
+
+    A tag fragment cut off by the end of the output (``<spa``, ``<span class="pro``) counts as ``truncated``
+    and is removed, unless the sentence itself ends with that text (e.g. a sentence ending in ``<``).
 
     Returns:
         ``(stripped_text, spans, failures)`` where spans are ``(start, end, class)`` into ``stripped_text``
         (class lower-cased and stripped; ``""`` when the tag had no class).
     """
     fails: Counter[str] = Counter()
-    m_end = _PARTIAL_TAG_AT_END.search(output)
-    if m_end and m_end.start() < len(output):
+    cut = _partial_tag_start(output)
+    if cut >= 0 and not sentence_text.endswith(output[cut:]):
         fails["truncated"] += 1
-        output = output[: m_end.start()]
+        output = output[:cut]
     text: list[str] = []
     n = 0
     stack: list[tuple[int, str]] = []
@@ -127,7 +136,8 @@ def scan_html(output: str) -> tuple[str, list[tuple[int, int, str]], Counter[str
                 cls = (cm.group("dq") or cm.group("sq") or cm.group("bare") or "").strip().lower()
             stack.append((n, cls))
     text.append(output[pos:])
-    fails["unclosed_tag"] += len(stack)
+    if stack:
+        fails["unclosed_tag"] += len(stack)
     return "".join(text), spans, fails
 
 
@@ -135,9 +145,7 @@ def _block_map(stripped: str, sentence: str) -> Callable[[int, int], tuple[int, 
     """A function mapping a stripped-text interval to sentence offsets when it lies in one matching block."""
     if stripped == sentence:
         return lambda a, b: (a, b)
-    blocks = [
-        b for b in SequenceMatcher(None, stripped, sentence, autojunk=False).get_matching_blocks() if b.size
-    ]
+    blocks = [b for b in SequenceMatcher(None, stripped, sentence, autojunk=False).get_matching_blocks() if b.size]
 
     def mapper(a: int, b: int) -> tuple[int, int] | None:
         for blk in blocks:
@@ -151,7 +159,7 @@ def _block_map(stripped: str, sentence: str) -> Callable[[int, int], tuple[int, 
 def parse_html(output: str, sentence_text: str, allowed_types: Iterable[str]) -> ParseResult:
     """Parse inline ``<span class="type">`` markup (see the module docstring)."""
     allowed = {t.lower() for t in allowed_types}
-    stripped, raw, fails = scan_html(_cut_trailing_section(output))
+    stripped, raw, fails = scan_html(_cut_trailing_section(output), sentence_text)
     mapper: Callable[[int, int], tuple[int, int] | None] | None = None
     spans: list[Span] = []
     for a, b, cls in raw:
@@ -189,45 +197,77 @@ def _decode_list(output: str, fails: Counter[str]) -> list:
     """Decode the JSON list starting at the first ``[``, item by item; tolerant of truncation and garbage."""
     text = _FENCE.sub("", output)
     start = text.find("[")
-    if start < 0:
-        fails["invalid_json"] += 1
-        return []
-    dec = json.JSONDecoder()
+    attempts = 0
+    while start >= 0 and attempts < _MAX_LIST_STARTS:
+        attempts += 1
+        items, problem = _decode_items(text, start + 1)
+        if items or problem != "invalid_json":
+            if problem:
+                fails[problem] += 1
+            return items
+        start = text.find("[", start + 1)  # prose such as "[see below]" before the list: try the next "["
+    fails["invalid_json"] += 1
+    return []
+
+
+_MAX_LIST_STARTS = 20
+_DECODER = json.JSONDecoder()
+
+
+def _decode_items(text: str, i: int) -> tuple[list, str | None]:
+    """Items of a JSON list whose ``[`` precedes ``i``, and ``None``, ``"truncated"`` or ``"invalid_json"``."""
     items: list = []
-    i = start + 1
     n = len(text)
     while True:
         while i < n and (text[i].isspace() or text[i] == ","):
             i += 1
         if i >= n:
-            fails["truncated"] += 1
-            return items
+            return items, "truncated"
         if text[i] == "]":
-            return items
+            return items, None
         try:
-            item, i = dec.raw_decode(text, i)
+            item, i = _DECODER.raw_decode(text, i)
         except (json.JSONDecodeError, RecursionError):
-            rest = text[i:]
             # An item cut off by the end of the output is truncation; anything else is undecodable.
-            fails["truncated" if "]" not in rest else "invalid_json"] += 1
-            return items
+            return items, ("truncated" if "]" not in text[i:] else "invalid_json")
         items.append(item)
 
 
 def _locate(
     needle: str, typ: str, sentence: str, cursor: int, used: set[tuple[int, int, str]]
 ) -> tuple[int, int] | None:
-    for lo, hi in ((cursor, len(sentence)), (0, cursor + len(needle) - 1)):
-        i = sentence.find(needle, lo, hi if hi <= len(sentence) else len(sentence))
+    """First unused occurrence at or after ``cursor``, else the first unused one starting before it."""
+    k = len(needle)
+    for lo, hi in ((cursor, len(sentence)), (0, min(len(sentence), cursor + k - 1))):
+        i = sentence.find(needle, lo, hi)
         while i >= 0:
-            if (i, i + len(needle), typ) not in used:
-                return i, i + len(needle)
-            i = sentence.find(needle, i + 1, hi if hi <= len(sentence) else len(sentence))
+            if (i, i + k, typ) not in used:
+                return i, i + k
+            i = sentence.find(needle, i + 1, hi)
     return None
 
 
-def parse_json(output: str, sentence_text: str, allowed_types: Iterable[str]) -> ParseResult:
-    """Parse a JSON list of ``{"type", "text"}`` objects (see the module docstring)."""
+def _locate_near(needle: str, typ: str, sentence: str, anchor: Span, used: set[tuple[int, int, str]]):
+    """The unused occurrence nearest to ``anchor`` (distance between intervals; ties → the earlier one)."""
+    k = len(needle)
+    best: tuple[int, int] | None = None
+    i = sentence.find(needle)
+    while i >= 0:
+        if (i, i + k, typ) not in used:
+            dist = max(0, anchor.start - (i + k), i - anchor.end)
+            if best is None or dist < best[0]:
+                best = (dist, i)
+        i = sentence.find(needle, i + 1)
+    return None if best is None else (best[1], best[1] + k)
+
+
+def parse_json(output: str, sentence_text: str, allowed_types: Iterable[str], head: Span | None = None) -> ParseResult:
+    """Parse a JSON list of ``{"type", "text"}`` objects (see the module docstring).
+
+    With ``head`` (RE), each item takes the unused occurrence nearest to the head instead of the cursor search:
+    modifiers sit next to their head, and a modifier string repeated elsewhere in the sentence is then mapped to
+    the right mention far more often.
+    """
     allowed = {t.lower() for t in allowed_types}
     fails: Counter[str] = Counter()
     items = _decode_list(_cut_trailing_section(output), fails)
@@ -248,7 +288,10 @@ def parse_json(output: str, sentence_text: str, allowed_types: Iterable[str]) ->
         if not txt:
             fails["empty_span"] += 1
             continue
-        loc = _locate(txt, typ, sentence_text, cursor, used)
+        if head is not None:
+            loc = _locate_near(txt, typ, sentence_text, head, used)
+        else:
+            loc = _locate(txt, typ, sentence_text, cursor, used)
         if loc is None:
             fails["not_found"] += 1
             continue
@@ -262,10 +305,18 @@ def parse_json(output: str, sentence_text: str, allowed_types: Iterable[str]) ->
 # Entry point
 # --------------------------------------------------------------------------------------------------------------
 
-PARSERS: dict[str, Callable[[str, str, Iterable[str]], ParseResult]] = {"html": parse_html, "json": parse_json}
+PARSERS: dict[str, Callable[..., ParseResult]] = {"html": parse_html, "json": parse_json}
 
 
-def parse(output: str, sentence_text: str, task: str, fmt: str, allowed_types: Iterable[str]) -> ParseResult:
+def parse(
+    output: str,
+    sentence_text: str,
+    task: str,
+    fmt: str,
+    allowed_types: Iterable[str],
+    *,
+    head: Span | None = None,
+) -> ParseResult:
     """Parse one model answer into sentence-relative spans.
 
     Args:
@@ -275,6 +326,8 @@ def parse(output: str, sentence_text: str, task: str, fmt: str, allowed_types: I
         fmt: a key of ``PARSERS``.
         allowed_types: the types the prompt asked for (``fedmedlora.prompts.allowed_types``); others are dropped
             and counted as ``unknown_type``.
+        head: optional, RE only: the marked head's span. The JSON parser then maps each item to the unused
+            occurrence nearest to the head (HTML positions are explicit and ignore it).
 
     Raises:
         ValueError: only for an unknown ``fmt`` or ``task`` (configuration errors), never for ``output``.
@@ -287,4 +340,6 @@ def parse(output: str, sentence_text: str, task: str, fmt: str, allowed_types: I
         raise ValueError(f"parse: unknown format {fmt!r}; choose one of {sorted(PARSERS)}") from None
     if not isinstance(output, str):
         return ParseResult((), 1, {"invalid_output": 1})
+    if fmt == "json" and task == "re" and head is not None:
+        return parse_json(output, sentence_text, allowed_types, head=head)
     return parser(output, sentence_text, allowed_types)

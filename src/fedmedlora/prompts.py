@@ -37,8 +37,7 @@ TASKS: tuple[str, ...] = ("ner", "re")
 #: Guideline definitions of the main entity types, verbatim (paper §2.1/§2.3), as "Name: definition".
 ENTITY_DEFINITIONS: dict[str, str] = {
     "problem": "Medical Problem: The abnormal condition that happens physically or mentally to a patient.",
-    "treatment": "Treatment: The procedures, interventions, and substances given to a patient for treating a "
-    "problem.",
+    "treatment": "Treatment: The procedures, interventions, and substances given to a patient for treating a problem.",
     "drug": "Drug: Generic or brand name of a single medication or a collective name of a group of medication.",
     "test": "Test: A medical procedure performed (i) to detect or diagnose a problem, (ii) to monitor diseases, "
     "disease processes, and susceptibility, or (iii) to determine a course of treatment.",

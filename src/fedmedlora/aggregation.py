@@ -1,0 +1,350 @@
+"""Server-side aggregation of LoRA adapters: weight rules and the per-tensor weighted mean.
+
+Owns: the four aggregation rules (Fed-MedLoRA, Fed-MedLoRA+, FedSA-LoRA, FFA-LoRA), their per-site weights,
+which adapter tensors each rule shares, and the checked weighted mean of named arrays. It works on plain
+``dict[str, numpy.ndarray]`` so it can be tested with hand-made tensors.
+
+Must not import torch, transformers, peft or flwr (pure core: stdlib + numpy only).
+
+Rules
+-----
+``fedmedlora``   Fed-MedLoRA (paper; reference code ``adaptor_avg``): every LoRA tensor (A and B, averaged
+                 independently) is averaged with weights proportional to each site's number of training tokens
+                 (``size_key="tokens"``, the reference behaviour) or training examples (``size_key="examples"``).
+``fedmedlora+``  Fed-MedLoRA+ (reference code ``adaptor_avg_by_loss``): ``w_k ∝ exp(−L_k / T)``, i.e.
+                 ``softmax(−L / T)`` with ``T = 1`` by default, where ``L_k`` is the validation loss of site
+                 ``k``'s adapter. ``combine_with_size=True`` multiplies by the size weight and renormalises
+                 (the "dataset size and validation utility" reading of the paper). Where ``L_k`` comes from
+                 (coordinator-held validation set or each site's own dev split) is the caller's business.
+``fedsa``        FedSA-LoRA (Guo et al., ICLR 2025): only ``lora_A`` tensors are shared and averaged (size
+                 weights); each site keeps its own ``lora_B``.
+``ffa``          FFA-LoRA (Sun et al., ICLR 2024): ``lora_A`` stays frozen at the shared random initialisation;
+                 only ``lora_B`` is trained, shared and averaged (size weights). ``B̄A`` is then the exact average
+                 of the sites' ``B_k A``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Rule names accepted everywhere (config, CLI, Flower run config).
+RULES: tuple[str, ...] = ("fedmedlora", "fedmedlora+", "fedsa", "ffa")
+#: What a site's size weight counts.
+SIZE_KEYS: tuple[str, ...] = ("tokens", "examples")
+#: Where Fed-MedLoRA+ takes each site's validation loss from.
+LOSS_SOURCES: tuple[str, ...] = ("server", "site")
+
+_LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
+_LORA_B = re.compile(r"(^|\.)lora_(embedding_)?B(\.|$)")
+
+
+class AggregationError(ValueError):
+    """An update or a weight that cannot be aggregated; the message names the site, key and shape."""
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    """How the server combines the sites' adapters.
+
+    Attributes:
+        rule: One of ``RULES``.
+        size_key: ``"tokens"`` (reference: supervised target tokens of the site's training set) or
+            ``"examples"``; used by ``fedmedlora``, ``fedsa``, ``ffa`` and by ``fedmedlora+`` when
+            ``combine_with_size`` is set.
+        temperature: ``T`` of ``softmax(−L / T)`` for ``fedmedlora+``; ``math.inf`` gives uniform weights.
+        loss_source: ``"server"`` (loss of each site's adapter on the coordinator-held labelled validation
+            set; paper-faithful) or ``"site"`` (each site reports the loss of its adapter on its own dev split;
+            no labelled data at the server). Only read by ``fedmedlora+``.
+        combine_with_size: ``fedmedlora+`` only: multiply the loss weight by the size weight, renormalise.
+    """
+
+    rule: str = "fedmedlora"
+    size_key: str = "tokens"
+    temperature: float = 1.0
+    loss_source: str = "server"
+    combine_with_size: bool = False
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.rule not in RULES:
+            errors.append(f"rule={self.rule!r} is not one of {RULES}")
+        if self.size_key not in SIZE_KEYS:
+            errors.append(f"size_key={self.size_key!r} is not one of {SIZE_KEYS}")
+        if self.loss_source not in LOSS_SOURCES:
+            errors.append(f"loss_source={self.loss_source!r} is not one of {LOSS_SOURCES}")
+        if not (isinstance(self.temperature, int | float) and self.temperature > 0) or math.isnan(self.temperature):
+            errors.append(f"temperature={self.temperature!r} must be a number > 0 (math.inf for uniform)")
+        if errors:
+            raise AggregationError("invalid aggregation settings: " + "; ".join(errors))
+
+    @property
+    def uses_loss(self) -> bool:
+        """Whether the rule needs a validation loss per site."""
+        return self.rule == "fedmedlora+"
+
+
+# ---- key selection -------------------------------------------------------------------------------------------
+
+
+def is_lora_A(key: str) -> bool:
+    """True for a LoRA down-projection tensor (``...lora_A.weight``, ``...lora_embedding_A``)."""
+    return _LORA_A.search(key) is not None
+
+
+def is_lora_B(key: str) -> bool:
+    """True for a LoRA up-projection tensor (``...lora_B.weight``, ``...lora_embedding_B``)."""
+    return _LORA_B.search(key) is not None
+
+
+def shared_keys(rule: str, keys: Sequence[str] | set[str]) -> list[str]:
+    """The adapter tensors that a rule sends from the sites to the server and averages, sorted.
+
+    Args:
+        rule: One of ``RULES``.
+        keys: All adapter tensor names.
+
+    Returns:
+        ``fedmedlora`` / ``fedmedlora+``: every key. ``fedsa``: every key except the ``lora_B`` ones (kept
+        private). ``ffa``: every key except the ``lora_A`` ones (frozen at the shared init).
+
+    Raises:
+        AggregationError: unknown rule, or ``fedsa``/``ffa`` on keys with no ``lora_A`` or no ``lora_B``.
+    """
+    if rule not in RULES:
+        raise AggregationError(f"unknown aggregation rule {rule!r}; expected one of {RULES}")
+    ordered = sorted(keys)
+    if rule in ("fedmedlora", "fedmedlora+"):
+        return ordered
+    n_a = sum(is_lora_A(k) for k in ordered)
+    n_b = sum(is_lora_B(k) for k in ordered)
+    if n_a == 0 or n_b == 0:
+        raise AggregationError(
+            f"rule {rule!r} needs lora_A and lora_B tensors; got {n_a} lora_A and {n_b} lora_B keys "
+            f"(first keys: {ordered[:3]})"
+        )
+    if rule == "fedsa":
+        return [k for k in ordered if not is_lora_B(k)]
+    return [k for k in ordered if not is_lora_A(k)]
+
+
+# ---- weights -------------------------------------------------------------------------------------------------
+
+
+def _as_vector(values: Sequence[float], what: str, sites: Sequence[str] | None) -> np.ndarray:
+    vec = np.asarray(list(values), dtype=np.float64)
+    if vec.ndim != 1 or vec.size == 0:
+        raise AggregationError(f"{what}: need at least one value per site, got {list(values)!r}")
+    if sites is not None and len(sites) != vec.size:
+        raise AggregationError(f"{what}: {vec.size} values for {len(sites)} sites {list(sites)}")
+    bad = np.flatnonzero(~np.isfinite(vec))
+    if bad.size:
+        name = sites[bad[0]] if sites is not None else f"#{bad[0]}"
+        raise AggregationError(f"{what}: value for site {name} is {vec[bad[0]]!r}, must be finite")
+    return vec
+
+
+def normalize_weights(weights: Sequence[float], sites: Sequence[str] | None = None) -> np.ndarray:
+    """Check raw weights (finite, ≥ 0, positive sum) and scale them to sum to 1.
+
+    Raises:
+        AggregationError: naming the offending site.
+    """
+    vec = _as_vector(weights, "weights", sites)
+    neg = np.flatnonzero(vec < 0)
+    if neg.size:
+        name = sites[neg[0]] if sites is not None else f"#{neg[0]}"
+        raise AggregationError(f"weights: site {name} has negative weight {vec[neg[0]]!r}")
+    total = float(vec.sum())
+    if not total > 0:
+        raise AggregationError(f"weights: sum is {total!r}; at least one site needs a positive weight")
+    return vec / total
+
+
+def size_weights(sizes: Sequence[float], sites: Sequence[str] | None = None) -> np.ndarray:
+    """FedAvg weights ``n_k / Σ n_j`` (a site with ``n_k = 0`` gets weight 0)."""
+    return normalize_weights(sizes, sites)
+
+
+def loss_weights(losses: Sequence[float], temperature: float = 1.0, sites: Sequence[str] | None = None) -> np.ndarray:
+    """Fed-MedLoRA+ weights ``softmax(−L / T)``: a lower validation loss gets a higher weight.
+
+    The reference code's ``exp(1 − L_k)`` is the same after normalisation (the constant cancels). Computed
+    with the minimum loss subtracted, so large losses do not underflow. ``temperature=math.inf`` → uniform.
+    """
+    vec = _as_vector(losses, "losses", sites)
+    if not (temperature > 0) or math.isnan(temperature):
+        raise AggregationError(f"temperature must be > 0, got {temperature!r}")
+    if math.isinf(temperature):
+        return np.full(vec.size, 1.0 / vec.size)
+    logits = -(vec - vec.min()) / temperature
+    return normalize_weights(np.exp(logits), sites)
+
+
+def aggregation_weights(
+    rule: str,
+    sizes: Sequence[float],
+    losses: Sequence[float] | None = None,
+    temperature: float = 1.0,
+    *,
+    combine_with_size: bool = False,
+    sites: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Normalised per-site weights for a rule.
+
+    Args:
+        rule: One of ``RULES``.
+        sizes: Per-site size (training tokens or examples); used by all rules except plain ``fedmedlora+``
+            (where it is still checked to be finite).
+        losses: Per-site validation losses; required by ``fedmedlora+``, ignored otherwise.
+        temperature: ``T`` for ``fedmedlora+``.
+        combine_with_size: ``fedmedlora+``: ``w ∝ n_k · exp(−L_k / T)``.
+        sites: Site names, only for error messages.
+
+    Returns:
+        float64 vector summing to 1, in the order of ``sizes``.
+    """
+    if rule not in RULES:
+        raise AggregationError(f"unknown aggregation rule {rule!r}; expected one of {RULES}")
+    size_vec = _as_vector(sizes, "sizes", sites)
+    if rule != "fedmedlora+":
+        return size_weights(size_vec, sites)
+    if losses is None:
+        raise AggregationError("rule 'fedmedlora+' needs one validation loss per site; got none")
+    lw = loss_weights(losses, temperature, sites)
+    if lw.size != size_vec.size:
+        raise AggregationError(f"{lw.size} losses for {size_vec.size} sizes")
+    if combine_with_size:
+        return normalize_weights(lw * size_weights(size_vec, sites), sites)
+    return lw
+
+
+def weights_for(
+    settings: AggregationSettings,
+    sizes: Sequence[float],
+    losses: Sequence[float] | None = None,
+    sites: Sequence[str] | None = None,
+) -> np.ndarray:
+    """``aggregation_weights`` driven by an ``AggregationSettings``."""
+    return aggregation_weights(
+        settings.rule,
+        sizes,
+        losses,
+        settings.temperature,
+        combine_with_size=settings.combine_with_size,
+        sites=sites,
+    )
+
+
+# ---- weighted mean -------------------------------------------------------------------------------------------
+
+
+def check_update(
+    update: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[tuple[int, ...], str]],
+    site: str,
+) -> None:
+    """Check that one site's update has exactly the expected tensor names, shapes and dtypes.
+
+    Args:
+        update: Tensor name → array.
+        expected: Tensor name → (shape, dtype name), e.g. from ``spec_of``.
+        site: Site name for the error message.
+
+    Raises:
+        AggregationError: naming the site, the key and the expected vs received shape/dtype.
+    """
+    missing = sorted(set(expected) - set(update))
+    extra = sorted(set(update) - set(expected))
+    if missing or extra:
+        raise AggregationError(
+            f"site {site}: unexpected tensor set: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'…' if len(extra) > 5 else ''}"
+        )
+    for key, (shape, dtype) in expected.items():
+        arr = update[key]
+        if not isinstance(arr, np.ndarray):
+            raise AggregationError(f"site {site}: {key} is a {type(arr).__name__}, not a numpy array")
+        if tuple(arr.shape) != tuple(shape):
+            raise AggregationError(f"site {site}: {key} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+        if arr.dtype.name != dtype:
+            raise AggregationError(f"site {site}: {key} has dtype {arr.dtype.name}, expected {dtype}")
+        if arr.dtype.kind != "f":
+            raise AggregationError(f"site {site}: {key} has non-float dtype {arr.dtype.name}")
+        if not np.all(np.isfinite(arr)):
+            raise AggregationError(f"site {site}: {key} contains NaN or Inf")
+
+
+def spec_of(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name → (shape, dtype name): the contract that every update must match."""
+    return {k: (tuple(v.shape), np.asarray(v).dtype.name) for k, v in arrays.items()}
+
+
+def weighted_mean(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    weights: Sequence[float],
+    *,
+    sites: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-tensor weighted average ``Σ_k w̃_k θ_k[p]`` with ``w̃ = w / Σ w``.
+
+    Accumulates in float64 and returns each tensor in its input dtype. The first update defines the expected
+    key set, shapes and dtypes; every other update must match exactly.
+
+    Args:
+        updates: One ``{name: array}`` per site (at least one).
+        weights: One finite weight ≥ 0 per site, positive sum (normalised here).
+        sites: Site names for error messages (default ``#0, #1, …``).
+
+    Returns:
+        ``{name: array}`` with the same keys, shapes and dtypes as the updates.
+
+    Raises:
+        AggregationError: no update, mismatching keys/shapes/dtypes (naming site and key), bad weights.
+    """
+    if len(updates) == 0:
+        raise AggregationError("weighted_mean: need at least one update, got none")
+    names = list(sites) if sites is not None else [f"#{i}" for i in range(len(updates))]
+    if len(names) != len(updates):
+        raise AggregationError(f"weighted_mean: {len(names)} site names for {len(updates)} updates")
+    if len(weights) != len(updates):
+        raise AggregationError(f"weighted_mean: {len(weights)} weights for {len(updates)} updates")
+    w = normalize_weights(weights, names)
+    if not updates[0]:
+        raise AggregationError(f"weighted_mean: update from site {names[0]} contains no tensor")
+    expected = spec_of(updates[0])
+    for update, name in zip(updates, names, strict=True):
+        check_update(update, expected, name)
+    out: dict[str, np.ndarray] = {}
+    for key, (_shape, dtype) in expected.items():
+        acc = np.zeros(expected[key][0], dtype=np.float64)
+        for update, wk in zip(updates, w, strict=True):
+            if wk != 0.0:
+                acc += wk * update[key].astype(np.float64, copy=False)
+        out[key] = acc.astype(dtype)
+    return out
+
+
+def merge_into(base: Mapping[str, np.ndarray], averaged: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The global adapter after a round: ``base`` with the averaged (shared) tensors replaced.
+
+    Raises:
+        AggregationError: an averaged tensor that ``base`` does not have or whose shape/dtype differs.
+    """
+    for key, arr in averaged.items():
+        if key not in base:
+            raise AggregationError(f"merge: averaged tensor {key} is not in the global adapter")
+        if base[key].shape != arr.shape or base[key].dtype != arr.dtype:
+            raise AggregationError(
+                f"merge: {key} is {arr.shape}/{arr.dtype}, global is {base[key].shape}/{base[key].dtype}"
+            )
+    return {k: (np.array(averaged[k], copy=True) if k in averaged else v) for k, v in base.items()}
+
+
+def nbytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Payload size: the sum of the arrays' ``nbytes``."""
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))

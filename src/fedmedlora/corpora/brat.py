@@ -1,0 +1,205 @@
+"""A generic reader for BRAT standoff annotation (``.txt`` + ``.ann``).
+
+Owns: the parsed records (``TextBound``, ``Event``, ``Relation``, ``Equiv``, ``Attribute``, ``BratDocument``) and
+``read_brat``. It knows nothing about any corpus's label names: the per-corpus modules map types.
+Must not import torch, transformers, peft or flwr.
+
+Details that matter:
+
+* The text is read with ``newline=""`` so CRLF line ends stay two characters: BRAT offsets count the ``\\r``
+  (Chia has 1,603 CRLF files).
+* Discontinuous text-bound spans (``Condition 0 5;9 14``) keep all their fragments; BRAT stores their text as the
+  fragments joined by a single space.
+* A text-bound annotation whose stored text does not equal the text at its offsets is *not* an error here: it is
+  listed in ``BratDocument.mismatches`` so the caller can drop and count it.
+* A malformed line raises ``BratError`` naming ``file:line``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedmedlora.corpora.common import CorpusError
+
+
+class BratError(CorpusError):
+    """A malformed ``.ann`` line; the message starts with ``file:line:``."""
+
+
+@dataclass(frozen=True)
+class TextBound:
+    """``T12<TAB>Type 10 20;25 30<TAB>text``."""
+
+    id: str
+    type: str
+    fragments: tuple[tuple[int, int], ...]
+    text: str
+
+    @property
+    def start(self) -> int:
+        return min(s for s, _ in self.fragments)
+
+    @property
+    def end(self) -> int:
+        return max(e for _, e in self.fragments)
+
+    @property
+    def discontinuous(self) -> bool:
+        return len(self.fragments) > 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """``E3<TAB>Type:T5 Role:T7 ...``; ``trigger`` is the id of the trigger text-bound."""
+
+    id: str
+    type: str
+    trigger: str
+    args: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Relation:
+    """``R1<TAB>Type Arg1:X Arg2:Y``."""
+
+    id: str
+    type: str
+    arg1: str
+    arg2: str
+
+
+@dataclass(frozen=True)
+class Equiv:
+    """``*<TAB>Type X Y Z`` (a symmetric, transitive group)."""
+
+    type: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """``A1<TAB>Type Target [Value]``; a binary attribute has ``value=None``."""
+
+    id: str
+    type: str
+    target: str
+    value: str | None
+
+
+@dataclass
+class BratDocument:
+    """One parsed ``.txt``/``.ann`` pair."""
+
+    name: str
+    text: str
+    textbounds: dict[str, TextBound] = field(default_factory=dict)
+    events: dict[str, Event] = field(default_factory=dict)
+    relations: list[Relation] = field(default_factory=list)
+    equivs: list[Equiv] = field(default_factory=list)
+    attributes: list[Attribute] = field(default_factory=list)
+    notes: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+    def resolve(self, ann_id: str) -> TextBound | None:
+        """The text-bound of a ``T`` id, or the trigger text-bound of an ``E`` id; ``None`` if unknown."""
+        if ann_id in self.events:
+            ann_id = self.events[ann_id].trigger
+        return self.textbounds.get(ann_id)
+
+
+def _parse_offsets(spec: str, where: str) -> tuple[tuple[int, int], ...]:
+    frags = []
+    for part in spec.split(";"):
+        bits = part.split()
+        if len(bits) != 2 or not all(b.isdigit() for b in bits):
+            raise BratError(f"{where}: bad offsets {spec!r} (expected 'start end[;start end...]')")
+        s, e = int(bits[0]), int(bits[1])
+        if e < s:
+            raise BratError(f"{where}: offsets {s} {e}: end before start")
+        frags.append((s, e))
+    return tuple(frags)
+
+
+def parse_ann(ann: str, text: str, name: str) -> BratDocument:
+    """Parse the content of a ``.ann`` file against its text. ``name`` is used in error messages."""
+    doc = BratDocument(name=name, text=text)
+    for lineno, raw in enumerate(ann.split("\n"), 1):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        cols = line.split("\t")
+        ident = cols[0]
+        if len(cols) < 2 or not ident:
+            raise BratError(f"{where}: expected '<id><TAB><annotation>', got {line[:60]!r}")
+        body = cols[1]
+        kind = ident[0]
+        if kind == "T":
+            if " " not in body:
+                raise BratError(f"{where}: text-bound {ident} has no offsets")
+            typ, spec = body.split(" ", 1)
+            frags = _parse_offsets(spec, where)
+            stored = cols[2] if len(cols) > 2 else ""
+            if any(e > len(text) for _, e in frags) or " ".join(text[s:e] for s, e in frags) != stored:
+                doc.mismatches.append(ident)
+            doc.textbounds[ident] = TextBound(ident, typ, frags, stored)
+        elif kind == "E":
+            parts = body.split()
+            if not parts or ":" not in parts[0]:
+                raise BratError(f"{where}: event {ident} has no 'Type:Trigger'")
+            typ, trig = parts[0].split(":", 1)
+            args = []
+            for p in parts[1:]:
+                if ":" not in p:
+                    raise BratError(f"{where}: event {ident} argument {p!r} is not 'Role:Id'")
+                role, target = p.split(":", 1)
+                args.append((role, target))
+            doc.events[ident] = Event(ident, typ, trig, tuple(args))
+        elif kind == "R":
+            parts = body.split()
+            if len(parts) != 3 or not all(":" in p for p in parts[1:]):
+                raise BratError(f"{where}: relation {ident} is not 'Type Arg1:X Arg2:Y'")
+            a1, a2 = (p.split(":", 1) for p in parts[1:])
+            if a1[0] != "Arg1" or a2[0] != "Arg2":
+                # BRAT allows any role names; keep the order as written
+                pass
+            doc.relations.append(Relation(ident, parts[0], a1[1], a2[1]))
+        elif kind == "*":
+            parts = body.split()
+            if len(parts) < 3:
+                raise BratError(f"{where}: equivalence needs a type and at least two ids")
+            doc.equivs.append(Equiv(parts[0], tuple(parts[1:])))
+        elif kind in "AM":
+            parts = body.split()
+            if len(parts) not in (2, 3):
+                raise BratError(f"{where}: attribute {ident} is not 'Type Target [Value]'")
+            doc.attributes.append(Attribute(ident, parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+        elif kind == "#":
+            doc.notes += 1
+        elif kind == "N":
+            continue  # normalisation links: not used
+        else:
+            raise BratError(f"{where}: unknown annotation id {ident!r}")
+    # events must point at known text-bounds
+    for ev in doc.events.values():
+        if ev.trigger not in doc.textbounds:
+            raise BratError(f"{name}: event {ev.id} trigger {ev.trigger} is not a text-bound annotation")
+    return doc
+
+
+def read_brat(txt_path: str | Path, ann_path: str | Path | None = None) -> BratDocument:
+    """Read a BRAT document. ``ann_path`` defaults to ``txt_path`` with the suffix ``.ann``."""
+    txt_path = Path(txt_path)
+    ann_path = Path(ann_path) if ann_path is not None else txt_path.with_suffix(".ann")
+    for p in (txt_path, ann_path):
+        if not p.is_file():
+            raise BratError(f"{p}: no such file")
+    try:
+        with txt_path.open(encoding="utf-8", newline="") as f:
+            text = f.read()
+        with ann_path.open(encoding="utf-8", newline="") as f:
+            ann = f.read()
+    except UnicodeDecodeError as e:
+        raise BratError(f"{txt_path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    return parse_ann(ann, text, str(ann_path))

