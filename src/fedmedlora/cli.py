@@ -260,7 +260,88 @@ def extract(
 # ---- federation (fedmedlora.federation) -----------------------------------------------------------------------
 
 
+fed_app = typer.Typer(
+    no_args_is_help=True, help="Federated training (Fed-MedLoRA, Fed-MedLoRA+, FedSA-LoRA, FFA-LoRA)."
+)
+app.add_typer(fed_app, name="fed")
+
+
+@fed_app.command("run")
+def fed_run(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (or to resume)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out after its last completed round."),
+    evaluate_after: bool = typer.Option(True, "--eval/--no-eval", help="Score the final adapter on all sites."),
+    config: Path = ConfigOpt,
+    sets: list[str] = SetOpt,
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Run a federation in-process: the real ServerApp + one ClientApp per site (see docs/federation.md)."""
+    from fedmedlora.federation.server_app import ResumeError
+    from fedmedlora.federation.simulation import run_federation
+
+    cfg = _resolve(config, sets, **{"data.benchmark": benchmark})
+    try:
+        result = run_federation(cfg, out, resume=resume)
+        if evaluate_after:
+            from fedmedlora.experiments import evaluate_arrays, open_benchmark, write_eval
+            from fedmedlora.federation.client_app import get_session
+            from fedmedlora.runs import RunDir
+
+            bench = open_benchmark(cfg)
+            results = evaluate_arrays(get_session(cfg), result.arrays, bench, list(bench.sites))
+            write_eval(RunDir(out), "test", results)
+    except (*_user_errors(), ResumeError) as e:
+        raise _fail(str(e)) from None
+    last = result.rounds[-1] if result.rounds else {}
+    typer.echo(
+        f"run folder: {result.run_dir} ({len(result.rounds) - 1} rounds, sites {', '.join(result.sites)}, "
+        f"last val loss {last.get('val_loss')}, {result.seconds:.1f} s)"
+    )
+
+
 # ---- encoder baseline (fedmedlora.encoder) --------------------------------------------------------------------
+
+
+@app.command()
+def encoder(
+    setting: str = typer.Option(
+        "single_site", help="single_site | centralized | federated_full | federated_lora (docs/encoder.md)."
+    ),
+    site: list[str] = typer.Option(None, "--site", help="Training site(s) (repeatable; default: training sites)."),
+    eval_site: list[str] = typer.Option(None, "--eval-site", help="Sites to score (default: the training sites)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for result.json and predictions."),
+    sets: list[str] = typer.Option(
+        None, "--set", "-s", help="EncoderSettings field, e.g. -s epochs=5 -s model=/path (value parsed as JSON)."
+    ),
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Train and score the BERT-style token-classification baseline (NER + modifier tagging)."""
+    import json as _json
+
+    from fedmedlora.encoder.train import run_encoder_setting
+
+    fields: dict = {}
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"--set {item!r}: expected key=value")
+        try:
+            fields[key] = _json.loads(value)
+        except _json.JSONDecodeError:
+            fields[key] = value
+    try:
+        res = run_encoder_setting(setting, benchmark, site or None, eval_site or None, fields, out)
+    except _user_errors() as e:
+        raise _fail(str(e)) from None
+    for model, per_site in res["eval"].items():
+        for name, r in per_site.items():
+            c = r["metrics"]["counts"]
+            ner = c.get("ner", {})
+            typer.echo(
+                f"{model} -> {name}: NER F1 strict {ner.get('strict', {}).get('micro', {}).get('f1', 0):.3f} "
+                f"lenient {ner.get('lenient', {}).get('micro', {}).get('f1', 0):.3f}"
+            )
+    typer.echo(f"bytes per round: {res['communication'].get('bytes_per_round', 0)}; results: {out / 'result.json'}")
 
 
 if __name__ == "__main__":

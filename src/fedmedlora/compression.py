@@ -72,14 +72,14 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
     NaN is not handled specially (callers reject non-finite input first).
     """
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = np.asarray(x, dtype=np.float32, order="C").view(np.uint32).astype(np.uint64)
     rounding_bias = ((bits >> 16) & 1) + 0x7FFF
     return ((bits + rounding_bias) >> 16).astype(np.uint16)
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """Expand ``uint16`` bfloat16 patterns to float32 (exact)."""
-    return (np.ascontiguousarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return (np.asarray(bits, dtype=np.uint16, order="C").astype(np.uint32) << 16).view(np.float32)
 
 
 # ---- checks --------------------------------------------------------------------------------------------------
@@ -136,18 +136,18 @@ def _quantise_int8(x: np.ndarray, granularity: Granularity) -> tuple[np.ndarray,
         absmax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
         scale = (absmax / 127.0).astype(np.float32)
         safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        q = np.clip(np.rint(rows / safe[:, None]), -127, 127).astype(np.int8).reshape(x.shape)
+        q = np.asarray(np.clip(np.rint(rows / safe[:, None]), -127, 127), dtype=np.int8).reshape(x.shape)
         return q, scale
     absmax = float(np.abs(x).max()) if x.size else 0.0
     scale = np.array([absmax / 127.0], dtype=np.float32)
     safe = scale[0] if scale[0] > 0 else np.float32(1.0)
-    q = np.clip(np.rint(x / safe), -127, 127).astype(np.int8)
+    q = np.asarray(np.clip(np.rint(x / safe), -127, 127), dtype=np.int8)
     return q, scale
 
 
 def _dequantise_int8(q: np.ndarray, scale: np.ndarray, key: str) -> np.ndarray:
     if scale.size == 1:
-        return q.astype(np.float32) * scale.reshape(())
+        return np.asarray(q.astype(np.float32) * scale.reshape(()), dtype=np.float32)
     if q.ndim < 2 or scale.shape != (q.shape[0],):
         raise CompressionError(
             f"payload: scale of {key} has shape {tuple(scale.shape)}; expected (1,) or one per row ({q.shape[0]},)"
@@ -164,8 +164,8 @@ def _encode_plain(x: np.ndarray, method: str, key: str) -> np.ndarray:
         big = np.abs(x) > _FP16_MAX
         if np.any(big):
             raise CompressionError(
-                f"fp16: {key} has {int(big.sum())} value(s) beyond ±{_FP16_MAX:g} (max |x| = {float(np.abs(x).max()):g}); "
-                "use 'bf16' or 'int8'"
+                f"fp16: {key} has {int(big.sum())} value(s) beyond ±{_FP16_MAX:g} "
+                f"(max |x| = {float(np.abs(x).max()):g}); use 'bf16' or 'int8'"
             )
         return x.astype(np.float16)
     bits = float32_to_bf16_bits(x)
@@ -214,12 +214,12 @@ def encode(
     if reference is not None:
         ref = _check_arrays(reference, "encode reference")
         _check_same_layout(values, ref, "encode reference")
-        values = {k: v - ref[k] for k, v in values.items()}
+        values = {k: np.asarray(v - ref[k], dtype=np.float32) for k, v in values.items()}
     use_feedback = error_feedback and method != "none"
     if state and use_feedback:
         residual = _check_arrays(state, "encode state")
         _check_same_layout(values, residual, "encode state", subset_ok=True)
-        values = {k: (v + residual[k] if k in residual else v) for k, v in values.items()}
+        values = {k: (np.asarray(v + residual[k], dtype=np.float32) if k in residual else v) for k, v in values.items()}
 
     payload: dict[str, np.ndarray] = {}
     new_state: dict[str, np.ndarray] = {}
@@ -234,7 +234,7 @@ def encode(
             payload[key] = packed
             sent = _decode_plain(packed, method)
         if use_feedback:
-            new_state[key] = (x - sent).astype(np.float32)
+            new_state[key] = np.asarray(x - sent, dtype=np.float32)
     return payload, new_state
 
 
@@ -308,7 +308,7 @@ def decode(
     if reference is not None:
         ref = _check_arrays(reference, "decode reference")
         _check_same_layout(out, ref, "decode reference")
-        out = {k: v + ref[k] for k, v in out.items()}
+        out = {k: np.asarray(v + ref[k], dtype=np.float32) for k, v in out.items()}
     return out
 
 

@@ -132,7 +132,7 @@ class NotesError(ValueError):
 
 def read_notes(paths: Sequence[Path]) -> list[tuple[str, str]]:
     """Read notes as ``(note_id, text)``: ``.txt`` files (one note each, id = file stem) or ``.jsonl`` files with
-    ``{"id": ..., "text": ...}`` per line. Text is read with ``newline=""`` so offsets match the file byte-for-char."""
+    ``{"id": ..., "text": ...}`` per line. Text is read with ``newline=""`` so offsets match the file's characters."""
     notes: list[tuple[str, str]] = []
     for p in paths:
         p = Path(p)
@@ -155,7 +155,8 @@ def read_notes(paths: Sequence[Path]) -> list[tuple[str, str]]:
                     notes.append((str(obj.get("id", f"{p.stem}-{n}")), obj["text"]))
         else:
             try:
-                notes.append((p.stem, p.read_text(encoding="utf-8", newline="")))
+                with p.open(encoding="utf-8", newline="") as f:  # keep CR so offsets match the file
+                    notes.append((p.stem, f.read()))
             except UnicodeDecodeError as e:
                 raise NotesError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return notes

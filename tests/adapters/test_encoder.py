@@ -14,7 +14,14 @@ from fedmedlora.encoder.bio import IGNORE_INDEX, tags_to_spans  # noqa: E402
 from fedmedlora.encoder.model import EncoderLora, _finish, get_state, set_state  # noqa: E402
 from fedmedlora.schema import Document, Entity, LabelSet, Modifier, Sentence, Span  # noqa: E402
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "@", "*", ".", ",", ";", ":", "(", ")", "%", ">", "<", "/", "-", "'", "problem", "drug", "test", "treatment", "the", "patient", "denies", "chest", "pain", "reports", "mild", "severe", "shortness", "of", "breath", "started", "met", "##formin", "500", "##mg", "mg", "orally", "twice", "daily", "for", "type", "2", "diabetes", "no", "fever", "cough", "aspirin", "81", "was", "continued", "ct", "abdomen", "showed", "sj", "##o", "##gren", "s", "syndrome", "diab", "##et", "##ic", "hb", "##a", "##1", "##c", "7", "5", "po", "b", "i", "d", "headache", "given", "ibuprofen", "left", "knee", "x", "##ray"]
+_VOCAB = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] @ * . , ; : ( ) % > < / - ' problem drug test treatment the patient "
+    "denies chest pain reports mild severe shortness of breath started met ##formin 500 ##mg mg orally "
+    "twice daily for type 2 diabetes no fever cough aspirin 81 was continued ct abdomen showed sj ##o "
+    "##gren s syndrome diab ##et ##ic hb ##a ##1 ##c 7 5 po b i d headache given ibuprofen left knee x "
+    "##ray "
+)
+WORDS = _VOCAB.split()
 
 
 def build_wordpiece_tokenizer():
@@ -64,6 +71,15 @@ def tiny_classifier(tokenizer, labels, *, lora=None, seed=0):
     cfg.id2label = dict(enumerate(labels))
     cfg.label2id = {lab: i for i, lab in enumerate(labels)}
     return _finish(BertForTokenClassification(cfg), lora=lora, freeze_embeddings=False, seed=seed)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these tiny models gain nothing from more, and the CI machine is shared."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +230,8 @@ def test_training_reduces_loss_and_recovers_training_spans(tok):
     rf = et.re_features(units, view, 64)
     before = (et.evaluate_loss(models.ner, nf), et.evaluate_loss(models.re, rf))
     for m, f in ((models.ner, nf), (models.re, rf)):
-        log = et.train_model(m, f, epochs=150, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0)
-        assert log["steps"] == 150 * 1
+        log = et.train_model(m, f, epochs=40, learning_rate=1e-2, batch_size=16, warmup_ratio=0.0)
+        assert log["steps"] == 40 * -(-len(f) // 16)
     after = (et.evaluate_loss(models.ner, nf), et.evaluate_loss(models.re, rf))
     assert after[0] < 0.2 * before[0] and after[1] < 0.2 * before[1]
     pred = et.predict_sentences(models, units, heads="gold", max_length=64)

@@ -74,7 +74,6 @@ def test_span_ending_mid_word_is_expanded_and_counted():
 
 
 def test_special_tokens_get_no_tag_and_close_spans():
-    text = "chest pain"
     offs = [(0, 0), (0, 5), (6, 10), (0, 0), None]
     tags, _ = spans_to_tags([Span(0, 10, "problem")], offs)
     assert tags == [None, "B-problem", "I-problem", None, None]

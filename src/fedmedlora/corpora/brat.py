@@ -11,7 +11,9 @@ Details that matter:
 * Discontinuous text-bound spans (``Condition 0 5;9 14``) keep all their fragments; BRAT stores their text as the
   fragments joined by a single space.
 * A text-bound annotation whose stored text does not equal the text at its offsets is *not* an error here: it is
-  listed in ``BratDocument.mismatches`` so the caller can drop and count it.
+  listed in ``BratDocument.mismatches`` so the caller can drop and count it. One benign case is repaired: a
+  single-fragment span whose text differs from the stored text only by trailing whitespace (Chia has 11 spans that
+  end after the line's ``\r``) is trimmed to the stored text and listed in ``BratDocument.repaired``.
 * A malformed line raises ``BratError`` naming ``file:line``.
 """
 
@@ -100,6 +102,7 @@ class BratDocument:
     attributes: list[Attribute] = field(default_factory=list)
     notes: int = 0
     mismatches: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
 
     def resolve(self, ann_id: str) -> TextBound | None:
         """The text-bound of a ``T`` id, or the trigger text-bound of an ``E`` id; ``None`` if unknown."""
@@ -141,8 +144,15 @@ def parse_ann(ann: str, text: str, name: str) -> BratDocument:
             typ, spec = body.split(" ", 1)
             frags = _parse_offsets(spec, where)
             stored = cols[2] if len(cols) > 2 else ""
-            if any(e > len(text) for _, e in frags) or " ".join(text[s:e] for s, e in frags) != stored:
+            if any(e > len(text) for _, e in frags):
                 doc.mismatches.append(ident)
+            elif (actual := " ".join(text[s:e] for s, e in frags)) != stored:
+                if stored and actual.rstrip() == stored and len(frags) == 1:
+                    # the span runs into the line break (Chia: 11 spans end after the line's "\r")
+                    frags = ((frags[0][0], frags[0][0] + len(stored)),)
+                    doc.repaired.append(ident)
+                else:
+                    doc.mismatches.append(ident)
             doc.textbounds[ident] = TextBound(ident, typ, frags, stored)
         elif kind == "E":
             parts = body.split()

@@ -32,6 +32,8 @@ def convert_chia(brat: BratDocument, doc_id: str, drops: Drops, file: str = "") 
     """Map one parsed Chia brat document onto the schema."""
     text = brat.text
     bad = set(brat.mismatches)
+    for r in brat.repaired:
+        drops[f"{brat.textbounds[r].type}: span ran into the line break (trimmed, kept)"] += 1
     spans: dict[str, tuple[int, int]] = {}  # kept (joined) spans of every text-bound
     for tb in brat.textbounds.values():
         if tb.id in bad:

@@ -40,6 +40,8 @@ def convert_maccrobat(brat: BratDocument, doc_id: str, drops: Drops, file: str =
     """Map one parsed MACCROBAT brat document onto the schema."""
     text = brat.text
     bad = set(brat.mismatches)
+    for r in brat.repaired:
+        drops[f"{brat.textbounds[r].type}: span ran into the line break (trimmed, kept)"] += 1
     spans: dict[str, tuple[int, int]] = {}
     for tb in brat.textbounds.values():
         if tb.id in bad:

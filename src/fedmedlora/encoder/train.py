@@ -545,41 +545,12 @@ def _subsample(units: list[Unit], cap: int | None, seed: int) -> list[Unit]:
     return [units[i] for i in idx]
 
 
-class _DiskBenchmark:
-    """Minimal reader of the documented benchmark layout, used only while ``fedmedlora.benchmark`` is absent."""
-
-    def __init__(self, root: Path):
-        path = root / "benchmark.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"benchmark: {path} does not exist; run `fedmedlora data prepare` first")
-        self.root = root
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        self.sites = list(self.manifest.get("sites", {}))
-        self.train_sites = [k for k, v in self.manifest.get("sites", {}).items() if v.get("role") == "train"]
-
-    def load(self, site: str, split: str) -> list[Document]:
-        from fedmedlora.jsonl import read_documents
-
-        path = self.root / site / f"{split}.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"benchmark: {path} does not exist (site {site!r}, split {split!r})")
-        return read_documents(path)
-
-
 def open_benchmark(benchmark: Any) -> Any:
-    """A benchmark object with ``.sites``, ``.train_sites`` and ``.load(site, split)``.
+    """A ``fedmedlora.benchmark.Benchmark``: an already loaded one, a folder, or ``None`` (the bundled sample)."""
+    from fedmedlora.benchmark import default_benchmark_dir, load_benchmark
 
-    Accepts an already loaded ``fedmedlora.benchmark.Benchmark`` (returned as is), a folder, or ``None`` (the
-    bundled sample). Uses ``fedmedlora.benchmark.load_benchmark`` when that module is importable.
-    """
     if benchmark is not None and hasattr(benchmark, "load") and hasattr(benchmark, "sites"):
         return benchmark
-    try:
-        from fedmedlora.benchmark import default_benchmark_dir, load_benchmark
-    except ImportError:
-        if benchmark is None:
-            raise FileNotFoundError("no benchmark folder given and fedmedlora.benchmark is not available") from None
-        return _DiskBenchmark(Path(benchmark))
     return load_benchmark(Path(benchmark) if benchmark is not None else default_benchmark_dir())
 
 

@@ -7,8 +7,10 @@ loaded base model (so a simulation does not reload it for every site and round).
 
 Node config (``flower-supernode --node-config "site='chia' data-dir='/data/fedmedlora'"``):
     ``site``       the site name; required in deployment.
-    ``data-dir``   folder holding ``<site>/train.jsonl`` and ``<site>/dev.jsonl`` (default: the bundled sample).
-    Fallback (Ray ``run_simulation``, which only sets ``partition-id``): site = ``federation.sites[partition-id]``.
+    ``data-dir``   folder holding ``<site>/train.jsonl`` and ``<site>/dev.jsonl``; required (never defaulted, so
+                   a misconfigured hospital node fails instead of training on other data).
+    Fallback (Ray simulation, which only sets ``partition-id``): site = ``federation.sites[partition-id]`` and
+    data = ``data.benchmark`` or the bundled sample.
 
 Reply: ``arrays`` (only the rule's upload tensors), ``metrics`` (numbers), ``info`` (``site`` name). No text, no
 token ids, no pickles. This module imports torch/peft lazily through ``fedmedlora.experiments`` / ``train``.
@@ -126,7 +128,8 @@ def site_of(context: Context, cfg: RunConfig) -> tuple[str, Path]:
     """
     nc = context.node_config
     site = nc.get("site")
-    if site is None and "partition-id" in nc:
+    simulated = site is None and "partition-id" in nc
+    if simulated:
         sites = cfg.federation.sites
         pid = int(nc["partition-id"])
         if not sites or not 0 <= pid < len(sites):
@@ -141,7 +144,14 @@ def site_of(context: Context, cfg: RunConfig) -> tuple[str, Path]:
             "--node-config \"site='<name>' data-dir='<folder>'\""
         )
     data_dir = nc.get("data-dir")
-    return site, Path(str(data_dir)) if data_dir else default_data_dir()
+    if data_dir:
+        return site, Path(str(data_dir))
+    if simulated:  # Ray simulation on one machine: the run's benchmark (or the bundled sample)
+        return site, Path(cfg.data.benchmark) if cfg.data.benchmark else default_data_dir()
+    raise SiteConfigError(
+        f"site {site} (node {context.node_id}): node_config lacks 'data-dir', the folder holding "
+        f"{site}/train.jsonl; start the SuperNode with --node-config \"site='{site}' data-dir='<folder>'\""
+    )
 
 
 def site_examples(cfg: RunConfig, data_dir: Path, site: str, split: str) -> list[Any]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,14 +80,20 @@ def aggregation_settings(cfg: RunConfig) -> AggregationSettings:
 
 
 def server_validation_examples(cfg: RunConfig, data_dir: Path) -> list[Any]:
-    """Instruction examples of the coordinator-held labelled set, or [] if the folder has none."""
+    """Instruction examples of the coordinator-held labelled set ([] if none), capped by ``eval.max_sentences``."""
     from fedmedlora.jsonl import read_documents
     from fedmedlora.prompts import build_examples
 
     path = data_dir / SERVER_SPLIT_DIR / f"{SERVER_SPLIT}.jsonl"
     if not path.is_file():
         return []
-    return build_examples(read_documents(path), cfg.data.format, cfg.data.tasks)
+    examples = build_examples(read_documents(path), cfg.data.format, cfg.data.tasks)
+    cap = cfg.eval.max_sentences  # the quick-run cap, here on validation examples (seeded)
+    if cap is not None and len(examples) > cap:
+        rng = random.Random(f"{cfg.seed}:_server:validation")
+        keep = sorted(rng.sample(range(len(examples)), cap))
+        examples = [examples[i] for i in keep]
+    return examples
 
 
 def _truncate_logs(run: RunDir, last_round: int) -> None:
@@ -128,7 +135,9 @@ def run_server(
     from fedmedlora.train import validation_loss
 
     run_path = Path(run_dir)
-    run = RunDir(run_path) if (run_path / "config.yaml").is_file() else RunDir(run_path, cfg, command="federation")
+    if not resume and (run_path / "rounds.jsonl").is_file():
+        raise ResumeError(f"{run_path} already holds a federated run; resume it or choose a new folder")
+    run = RunDir(run_path) if resume else RunDir(run_path, cfg, command="federation", setting=cfg.federation.strategy)
     settings = aggregation_settings(cfg)
     fed = cfg.federation
     if data_dir is None:
@@ -191,7 +200,6 @@ def run_server(
         round_offset=offset,
         node_wait_timeout_s=fed.round_timeout_s,
     )
-    round_start = {"t": time.time()}
 
     def after_round(server_round: int, arrays_record: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
@@ -215,8 +223,7 @@ def run_server(
         for m in mine:
             m.setdefault("site", site_of_node.get(m["node_id"]))
             run.append_jsonl("comm.jsonl", m)
-        record["seconds"] = round(time.time() - round_start["t"], 3)
-        round_start["t"] = time.time()
+        record["seconds"] = round(time.time() - rlog.started, 3)
         run.append_jsonl("rounds.jsonl", record)
         run.write_json(
             STATE_FILE,
@@ -246,13 +253,16 @@ def run_server(
         session.adapter_meta(round=fed.rounds, rule=fed.strategy),
         peft_config=peft_config,
     )
+    run.finish(status="done", rounds_completed=fed.rounds)
     return outcome
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: resolve the config from ``context.run_config`` and run the federation."""
-    rc = context.run_config
+    rc = dict(context.run_config)
+    if "num-server-rounds" in rc and "federation.rounds" not in rc:  # pyproject's Flower-style default
+        rc["federation.rounds"] = int(rc["num-server-rounds"])
     cfg = RunConfig.from_flower_run_config(rc)
     run_dir = rc.get("run-dir") or os.environ.get("FEDMEDLORA_RUN_DIR") or str(Path("runs") / cfg.name)
     data_dir = rc.get("server-data-dir") or None

@@ -88,15 +88,18 @@ def from_record(record: ArrayRecord, who: str = "") -> dict[str, np.ndarray]:
 
 
 def describe(content: RecordDict) -> dict[str, Any]:
-    """What a message carries, for ``comm.jsonl``: tensor names/shapes/dtypes/bytes, metric and config keys."""
+    """What a message carries, for ``comm.jsonl``: tensor names/shapes/dtypes/bytes, metric and config keys.
+
+    ``bytes`` is the raw tensor payload (Σ nbytes); ``serialized_bytes`` adds the ``.npy`` headers.
+    """
     tensors = []
     for rname, rec in content.array_records.items():
         for key, arr in rec.items():
-            tensors.append(
-                {"record": rname, "name": key, "shape": list(arr.shape), "dtype": arr.dtype, "bytes": len(arr.data)}
-            )
+            raw = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+            tensors.append({"record": rname, "name": key, "shape": list(arr.shape), "dtype": arr.dtype, "bytes": raw})
     return {
         "tensors": tensors,
+        "serialized_bytes": int(sum(len(arr.data) for rec in content.array_records.values() for arr in rec.values())),
         "n_tensors": len(tensors),
         "bytes": int(sum(t["bytes"] for t in tensors)),
         "metrics": {r: sorted(m.keys()) for r, m in content.metric_records.items()},

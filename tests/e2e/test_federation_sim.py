@@ -1,0 +1,241 @@
+"""End-to-end federation on a tiny random Llama: real ServerApp + ClientApp, in-process driver, 3 sites.
+
+Checks what crossed the wire (only adapter tensors + scalar metrics + a short site name), the round logs, the
+checkpoints, every aggregation rule, and that resuming after round 1 reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SITES = ["alpha", "beta", "gamma"]
+TEXTS = [
+    ("The patient denies chest pain.", [("problem", "chest pain")]),
+    ("Started metformin 500 mg daily.", [("drug", "metformin")]),
+    ("CT of the abdomen was normal.", [("test", "CT")]),
+    ("Aspirin 81 mg daily was continued.", [("drug", "Aspirin")]),
+    ("No fever, no cough.", [("problem", "fever"), ("problem", "cough")]),
+]
+
+
+def _tiny_builders():
+    """The tiny model/tokenizer builders of tests/adapters/conftest.py (imported as a plain module)."""
+    name = "_fedmedlora_adapters_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "adapters" / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str]]):
+    from fedmedlora.schema import Document, Entity, LabelSet, Sentence
+
+    entities = []
+    for j, (typ, surface) in enumerate(ents):
+        start = text.index(surface)
+        entities.append(Entity(f"T{j}", typ, start, start + len(surface), surface))
+    sent = Sentence(f"{site}-{split}-{i}:0", 0, len(text), text, tuple(entities))
+    return Document(f"{site}-{split}-{i}", site, split, text, (sent,), LabelSet())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A tiny model folder and a 3-site benchmark (sites of different sizes) + the coordinator's validation set."""
+    from fedmedlora.jsonl import write_documents
+
+    root = tmp_path_factory.mktemp("fedworld")
+    builders = _tiny_builders()
+    tok = builders.build_tiny_tokenizer()
+    builders.build_tiny_model(tok).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    for k, site in enumerate(SITES):
+        (root / "bench" / site).mkdir(parents=True)
+        for split, n in (("train", 2 + k), ("dev", 1)):
+            docs = [_doc(site, split, i, *TEXTS[(i + k) % len(TEXTS)]) for i in range(n)]
+            write_documents(root / "bench" / site / f"{split}.jsonl", docs)
+    (root / "bench" / "_server").mkdir()
+    write_documents(
+        root / "bench" / "_server" / "validation.jsonl", [_doc("srv", "dev", i, *TEXTS[i]) for i in range(2)]
+    )
+    return root
+
+
+def _cfg(world: Path, rule: str = "fedmedlora", rounds: int = 2, *extra: str):
+    from fedmedlora.config import load_config
+
+    return load_config(
+        overrides=[
+            "name=sim",
+            f"model.name={world / 'model'}",
+            "model.dtype=float32",
+            "model.device=cpu",
+            "lora.r=2",
+            "lora.alpha=4",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.max_length=128",
+            "data.tasks=[ner]",
+            f"federation.strategy={rule}",
+            f"federation.rounds={rounds}",
+            f"federation.sites=[{','.join(SITES)}]",
+            "federation.min_sites=3",
+            *extra,
+        ]
+    )
+
+
+def _run(world: Path, out: Path, cfg, resume: bool = False):
+    from fedmedlora.federation.simulation import run_federation
+
+    return run_federation(cfg, out, resume=resume, data_dir=world / "bench")
+
+
+def _assert_only_adapter_traffic(result, adapter_spec: dict[str, tuple[list[int], str]]) -> None:
+    from fedmedlora.federation.strategy import ALLOWED_METRICS
+
+    assert result.wire, "no message was recorded"
+    for rec in result.wire:
+        assert rec.error is None, rec.error
+        for t in rec.content["tensors"]:
+            assert t["record"] == "arrays"
+            assert "lora_" in t["name"], t["name"]
+            assert (t["shape"], t["dtype"]) == adapter_spec[t["name"]], t["name"]
+        if rec.direction == "down":
+            assert rec.content["configs"] == {"config": ["rule", "send-private", "server-round"]}
+            assert rec.content["metrics"] == {}
+        else:
+            assert rec.content["configs"] == {"info": ["site"]}
+            assert set(rec.content["metrics"]["metrics"]) <= ALLOWED_METRICS
+        # the serialised message is the tensors plus a little framing, never e.g. a dataset
+        assert rec.wire_bytes < rec.content["serialized_bytes"] + 4096
+
+
+def test_two_rounds_three_sites_logs_checkpoints_and_resume(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.adapter_io import load_adapter_arrays, read_adapter_meta
+
+    cfg = _cfg(world)
+    full = _run(world, tmp_path / "full", cfg)
+
+    init = load_adapter_arrays(tmp_path / "full" / "adapters" / "round_0")
+    spec = {k: (list(v.shape), v.dtype.name) for k, v in init.items()}
+    _assert_only_adapter_traffic(full, spec)
+    assert [(r.direction, r.site) for r in full.wire[:6]] == [("down", s) for s in SITES] + [("up", s) for s in SITES]
+    assert all(len(r.content["tensors"]) == len(init) for r in full.wire)  # Fed-MedLoRA: all A and B tensors
+
+    rounds = full.rounds
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds[1:]:
+        assert r["sites"] == SITES
+        assert sum(r["weights"].values()) == pytest.approx(1.0)
+        total = sum(r["sizes"].values())
+        assert r["weights"] == pytest.approx({s: n / total for s, n in r["sizes"].items()})
+        assert r["sizes"]["alpha"] < r["sizes"]["beta"] < r["sizes"]["gamma"]  # 2, 3, 4 training documents
+        assert set(r["train_loss"]) == set(SITES) and np.isfinite(r["val_loss"])
+        payload = sum(v.nbytes for v in init.values())
+        assert r["bytes_up"] == dict.fromkeys(SITES, payload) and r["bytes_down"] == dict.fromkeys(SITES, payload)
+        assert r["seconds"] >= 0
+    comm = [json.loads(x) for x in (tmp_path / "full" / "comm.jsonl").read_text().splitlines()]
+    assert len(comm) == 12 and {c["site"] for c in comm} == set(SITES)
+
+    for name in ("round_0", "round_1", "round_2", "final"):
+        folder = tmp_path / "full" / "adapters" / name
+        assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+    assert read_adapter_meta(tmp_path / "full" / "adapters" / "round_2")["round"] == 2
+    final = load_adapter_arrays(tmp_path / "full" / "adapters" / "final")
+    assert any(np.abs(final[k]).sum() > 0 for k in final if "lora_B" in k)  # training moved B away from 0
+    for k in final:
+        np.testing.assert_array_equal(final[k], full.arrays[k])
+
+    # Interrupted after round 1, then resumed: same adapter, same round records.
+    part = tmp_path / "part"
+    one = _run(world, part, _cfg(world, rounds=1))
+    assert [r["round"] for r in one.rounds] == [0, 1]
+    resumed = _run(world, part, cfg, resume=True)
+    assert [r["round"] for r in resumed.rounds] == [0, 1, 2]
+    assert {r.direction for r in resumed.wire} == {"down", "up"} and len(resumed.wire) == 6  # round 2 only
+    for k in full.arrays:
+        np.testing.assert_allclose(resumed.arrays[k], full.arrays[k], rtol=0, atol=1e-7)
+    for a, b in zip(full.rounds, resumed.rounds, strict=True):
+        for key in ("sites", "weights", "train_loss", "val_loss"):
+            assert a.get(key) == pytest.approx(b.get(key)), key
+
+
+def test_resume_refuses_a_different_rule(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.federation.server_app import ResumeError
+
+    _run(world, tmp_path / "r", _cfg(world, rounds=1))
+    with pytest.raises(ResumeError, match="rule was 'fedmedlora'"):
+        _run(world, tmp_path / "r", _cfg(world, "ffa", 2), resume=True)
+
+
+def test_fedsa_uploads_a_only_and_keeps_b_at_the_site(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.adapter_io import load_adapter_arrays
+
+    res = _run(world, tmp_path / "fedsa", _cfg(world, "fedsa", 2))
+    up1 = [r for r in res.wire if r.direction == "up"][:3]
+    up2 = [r for r in res.wire if r.direction == "up"][3:]
+    assert all(t["name"].endswith("lora_A.weight") for r in up1 for t in r.content["tensors"])
+    assert any(t["name"].endswith("lora_B.weight") for t in up2[0].content["tensors"])  # last round: full adapter
+    assert res.rounds[1]["val_loss"] == pytest.approx(res.rounds[0]["val_loss"])  # server B stays 0 during training
+    assert sorted(p.name for p in (tmp_path / "fedsa" / "sim_state").iterdir()) == [f"{s}.pb" for s in SITES]
+    init = load_adapter_arrays(tmp_path / "fedsa" / "adapters" / "round_0")
+    assert any(np.abs(res.arrays[k]).sum() > 0 for k in init if "lora_B" in k)
+
+
+def test_ffa_keeps_a_frozen_and_uploads_b_only(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.adapter_io import load_adapter_arrays
+
+    res = _run(world, tmp_path / "ffa", _cfg(world, "ffa", 1))
+    assert all(
+        t["name"].endswith("lora_B.weight") for r in res.wire if r.direction == "up" for t in r.content["tensors"]
+    )
+    init = load_adapter_arrays(tmp_path / "ffa" / "adapters" / "round_0")
+    for k in init:
+        if "lora_A" in k:
+            np.testing.assert_array_equal(res.arrays[k], init[k])
+
+
+@pytest.mark.parametrize("source", ["server", "site"])
+def test_fedmedlora_plus_weights_from_validation_loss(world: Path, tmp_path: Path, source: str) -> None:
+    res = _run(world, tmp_path / source, _cfg(world, "fedmedlora+", 1, f"federation.plus_loss_source={source}"))
+    r = res.rounds[1]
+    assert r["loss_source"] == source and set(r["losses"]) == set(SITES)
+    losses = np.array([r["losses"][s] for s in SITES])
+    expected = np.exp(-(losses - losses.min()))
+    np.testing.assert_allclose([r["weights"][s] for s in SITES], expected / expected.sum(), rtol=1e-9)
+    up_metrics = {m for rec in res.wire if rec.direction == "up" for m in rec.content["metrics"]["metrics"]}
+    assert ("site-val-loss" in up_metrics) == (source == "site")
+
+
+def test_node_without_site_is_refused() -> None:
+    from flwr.app import Context, RecordDict
+
+    from fedmedlora.config import RunConfig
+    from fedmedlora.federation.client_app import SiteConfigError, site_of
+
+    cfg = RunConfig()
+    ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(SiteConfigError, match="lacks 'site'"):
+        site_of(ctx, cfg)
+    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 1}, state=RecordDict(), run_config={})
+    with pytest.raises(SiteConfigError, match="partition-id=1"):
+        site_of(ctx, cfg)
+    cfg = RunConfig.model_validate({"federation": {"sites": ["a", "b"]}, "data": {"benchmark": "/sim/bench"}})
+    assert site_of(ctx, cfg) == ("b", Path("/sim/bench"))
+    ctx = Context(run_id=1, node_id=5, node_config={"site": "chia"}, state=RecordDict(), run_config={})
+    with pytest.raises(SiteConfigError, match="lacks 'data-dir'"):
+        site_of(ctx, cfg)  # a hospital node never falls back to some other data
+    ctx = Context(
+        run_id=1, node_id=5, node_config={"site": "chia", "data-dir": "/h"}, state=RecordDict(), run_config={}
+    )
+    assert site_of(ctx, cfg) == ("chia", Path("/h"))
