@@ -68,6 +68,8 @@ def machine_info(*, gpu: bool = False) -> dict[str, Any]:
         "transformers": _version("transformers"),
         "peft": _version("peft"),
         "gpu": None,
+        # other jobs on a shared machine distort timings: record how busy it was when the run started
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if gpu:
         import torch
@@ -91,7 +93,8 @@ def machine_label(info: dict[str, Any]) -> str:
     gpu_txt = f", GPU {gpu['name']} ({gpu['memory_gib']} GiB)" if gpu else ", no GPU"
     return (
         f"{info['cpu']} ({info['cores_usable']} cores usable), {info['ram_gib']} GiB RAM{gpu_txt}; "
-        f"torch {info.get('torch')}, numpy {info.get('numpy')}, Python {info['python']}"
+        f"torch {info.get('torch')}, numpy {info.get('numpy')}, Python {info['python']}; "
+        f"load avg {info.get('load_avg_1m_at_start')} at start"
     )
 
 

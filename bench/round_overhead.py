@@ -1,7 +1,7 @@
 """Framework overhead per federated round: round wall time minus the model work (local training, validation).
 
 Runs the real ServerApp and ClientApp through ``fedmedlora.federation.simulation.run_federation`` (in-process,
-every message serialised to protobuf as on the wire) with a tiny random Llama (the test fixture's builder,
+every message serialised to protobuf as on the wire) with a tiny random Llama (``tests/tinymodel.py``,
 2 layers, hidden 32) on 3 and 10 simulated sites. ``fedmedlora.train.train_local`` and
 ``fedmedlora.train.validation_loss`` are wrapped with timers; what is left of each round's wall time is the
 framework: message building and (de)serialisation, checks, aggregation, adapter checkpoints, logs.
@@ -43,10 +43,10 @@ TEXTS = [
 
 
 def _tiny_builders() -> Any:
-    """``build_tiny_tokenizer`` / ``build_tiny_model`` from tests/adapters/conftest.py (loaded as a module)."""
-    path = REPO / "tests" / "adapters" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_fedmedlora_tiny_builders", path)
-    if spec is None or spec.loader is None:
+    """The test suite's tiny model builders (``tests/tinymodel.py``, loaded as a plain module)."""
+    path = REPO / "tests" / "tinymodel.py"
+    spec = importlib.util.spec_from_file_location("_fedmedlora_tinymodel", path)
+    if spec is None or spec.loader is None or not path.is_file():
         raise FileNotFoundError(f"{path}: needed for the tiny model builders")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses need their module registered
@@ -69,11 +69,8 @@ def build_world(root: Path, n_sites: int) -> list[str]:
     """Tiny model folder + an ``n_sites`` benchmark (4 training docs, 1 dev doc each) + server validation."""
     from fedmedlora.jsonl import write_documents
 
-    builders = _tiny_builders()
     if not (root / "model" / "config.json").is_file():
-        tok = builders.build_tiny_tokenizer()
-        builders.build_tiny_model(tok).save_pretrained(root / "model")
-        tok.save_pretrained(root / "model")
+        _tiny_builders().save_tiny_model(root / "model")
     sites = [f"site{k:02d}" for k in range(n_sites)]
     for k, site in enumerate(sites):
         (root / "bench" / site).mkdir(parents=True, exist_ok=True)

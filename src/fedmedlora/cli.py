@@ -299,6 +299,44 @@ def fed_run(
     )
 
 
+# ---- the study (fedmedlora.study) ------------------------------------------------------------------------------
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="Study folder to write."),
+    method: list[str] = typer.Option(
+        None, "--method", help="Federated methods: fedmedlora, fedmedlora+, fedsa, ffa (default: the first two)."
+    ),
+    external: list[str] = typer.Option(None, "--external", help="Evaluation-only site(s) never trained on."),
+    encoder: bool = typer.Option(False, "--encoder/--no-encoder", help="Add the encoder (BERT-style) baseline rows."),
+    skip: list[str] = typer.Option(None, "--skip", help="zero_shot | single_site | centralized | new_site"),
+    config: Path = ConfigOpt,
+    sets: list[str] = SetOpt,
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Run zero-shot, single-site, centralized, Fed-MedLoRA and Fed-MedLoRA+ (+ new-site adaptation) and write
+    one comparison table (study.md / .csv / .json) and plots. Default config: configs/demo.yaml-equivalent."""
+    from fedmedlora.study import run_study
+
+    if config is None and Path("configs/demo.yaml").is_file():
+        config = Path("configs/demo.yaml")
+    cfg = _resolve(config, sets, **{"data.benchmark": benchmark})
+    try:
+        res = run_study(
+            cfg,
+            out,
+            fed_methods=method or ("fedmedlora", "fedmedlora+"),
+            external=external or None,
+            encoder=encoder,
+            skip=skip or (),
+        )
+    except _user_errors() as e:
+        raise _fail(str(e)) from None
+    typer.echo(res["markdown"])
+    typer.echo(f"study folder: {out}")
+
+
 # ---- encoder baseline (fedmedlora.encoder) --------------------------------------------------------------------
 
 
@@ -318,6 +356,7 @@ def encoder(
     """Train and score the BERT-style token-classification baseline (NER + modifier tagging)."""
     import json as _json
 
+    from fedmedlora.encoder.model import EncoderLoadError
     from fedmedlora.encoder.train import run_encoder_setting
 
     fields: dict = {}
@@ -331,7 +370,7 @@ def encoder(
             fields[key] = value
     try:
         res = run_encoder_setting(setting, benchmark, site or None, eval_site or None, fields, out)
-    except _user_errors() as e:
+    except (*_user_errors(), EncoderLoadError) as e:
         raise _fail(str(e)) from None
     for model, per_site in res["eval"].items():
         for name, r in per_site.items():

@@ -70,11 +70,15 @@ class CompressionError(ValueError):
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round float32 values to bfloat16 (round-to-nearest-even) and return the 16-bit patterns as ``uint16``.
 
-    NaN is not handled specially (callers reject non-finite input first).
+    The input must be finite (``encode`` checks it): uint32 arithmetic cannot overflow for finite values
+    (``0xFF7FFFFF + 0x8000 < 2**32``) but NaN payloads would wrap around.
     """
-    bits = np.asarray(x, dtype=np.float32, order="C").view(np.uint32).astype(np.uint64)
-    rounding_bias = ((bits >> 16) & 1) + 0x7FFF
-    return ((bits + rounding_bias) >> 16).astype(np.uint16)
+    bits = np.asarray(x, dtype=np.float32, order="C").view(np.uint32)
+    rounded = (bits >> 16) & np.uint32(1)
+    rounded += np.uint32(0x7FFF)
+    rounded += bits
+    rounded >>= 16
+    return rounded.astype(np.uint16)
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:

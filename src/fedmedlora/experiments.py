@@ -68,8 +68,10 @@ class Session:
 
         set_adapter_arrays(self.model, self.init_arrays if arrays is None else arrays)
 
-    def generate_fn(self):
+    def generate_fn(self, cfg: RunConfig | None = None):
         from fedmedlora.generate import generate
+
+        cfg = cfg or self.cfg
 
         def fn(prompts: list[str]) -> list[str]:
             if not prompts:
@@ -78,21 +80,24 @@ class Session:
                 self.model,
                 self.tokenizer,
                 prompts,
-                max_new_tokens=self.cfg.eval.max_new_tokens,
-                batch_size=self.cfg.eval.batch_size,
-                use_chat_template=self.cfg.model.use_chat_template,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                batch_size=cfg.eval.batch_size,
+                use_chat_template=cfg.model.use_chat_template,
             )
 
         return fn
 
-    def train(self, examples: Sequence[Example], arrays: dict[str, np.ndarray] | None, *, seed: int | None = None):
+    def train(self, examples: Sequence[Example], arrays: dict[str, np.ndarray] | None, cfg: RunConfig | None = None):
+        """Train the adapter from ``arrays`` (None = the shared initial adapter) with ``cfg.train`` (default: the
+        session's own config; a study passes a config with a scaled step budget)."""
         from fedmedlora.train import train_local
 
+        cfg = cfg or self.cfg
         return train_local(
             self.model,
             self.tokenizer,
             examples,
-            train_settings(self.cfg, seed=self.cfg.seed if seed is None else seed),
+            train_settings(cfg, seed=cfg.seed),
             adapter_arrays=self.init_arrays if arrays is None else arrays,
         )
 
@@ -152,7 +157,11 @@ def eval_items(bench: Benchmark, site: str, cfg: RunConfig) -> tuple[list[Docume
 
 
 def evaluate_arrays(
-    session: Session, arrays: dict[str, np.ndarray] | None, bench: Benchmark, sites: Sequence[str]
+    session: Session,
+    arrays: dict[str, np.ndarray] | None,
+    bench: Benchmark,
+    sites: Sequence[str],
+    cfg: RunConfig | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Extract on each site's evaluation sentences with ``arrays`` loaded and score against gold.
 
@@ -161,17 +170,16 @@ def evaluate_arrays(
     Returns:
         ``{site: {"metrics": Evaluation.to_dict(), "parse": ExtractionStats.to_dict(), "n_sentences", "seconds"}}``
     """
+    cfg = cfg or session.cfg
     session.set_arrays(arrays)
-    gen = session.generate_fn()
+    gen = session.generate_fn(cfg)
     out: dict[str, dict[str, Any]] = {}
     for site in sites:
         t0 = time.perf_counter()
-        _, items = eval_items(bench, site, session.cfg)
+        _, items = eval_items(bench, site, cfg)
         stats = ExtractionStats()
-        preds = extract_sentences(
-            items, gen, fmt=session.cfg.data.format, tasks=session.cfg.data.tasks, heads="gold", stats=stats
-        )
-        ev = score_predictions(items, preds, session.cfg.data.tasks)
+        preds = extract_sentences(items, gen, fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold", stats=stats)
+        ev = score_predictions(items, preds, cfg.data.tasks)
         out[site] = {
             "metrics": ev.to_dict(),
             "parse": stats.to_dict(),
@@ -250,7 +258,7 @@ def run_setting(
         if not examples:
             raise ValueError(f"{setting}: no training examples at sites {sites} (check their label sets)")
         t0 = time.perf_counter()
-        result = session.train(examples, arrays)
+        result = session.train(examples, arrays, cfg)
         arrays = result.arrays
         run.append_jsonl(
             "rounds.jsonl",
@@ -266,8 +274,14 @@ def run_setting(
             },
         )
         session.set_arrays(arrays)
-        save_adapter(session.model, run.adapter_dir("final"), session.adapter_meta(setting=setting, sites=sites))
-    results = evaluate_arrays(session, arrays, bench, eval_sites)
+        save_adapter(
+            session.model,
+            run.adapter_dir("final"),
+            session.adapter_meta(
+                setting=setting, sites=sites, format=cfg.data.format, use_chat_template=cfg.model.use_chat_template
+            ),
+        )
+    results = evaluate_arrays(session, arrays, bench, eval_sites, cfg)
     write_eval(run, "test", results)
     run.finish()
     return run

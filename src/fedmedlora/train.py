@@ -139,6 +139,7 @@ class TrainResult:
         num_skipped: examples skipped because the answer alone exceeds ``max_length``.
         num_seen_tokens: supervised tokens actually processed over all steps.
         num_input_tokens: non-padding tokens processed over all steps (for throughput).
+        step_seconds: wall time of each optimiser step (for benchmarks; never assert on it).
     """
 
     arrays: dict[str, np.ndarray]
@@ -153,6 +154,7 @@ class TrainResult:
     num_skipped: int = 0
     num_seen_tokens: int = 0
     num_input_tokens: int = 0
+    step_seconds: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -381,12 +383,14 @@ def train_local(
 
     batches = _micro_batches(len(data.examples), settings.batch_size, generator)
     losses: list[float] = []
+    step_seconds: list[float] = []
     seen_tokens = input_tokens = 0
     model.train()
     start = time.perf_counter()
     bar = _progress(total_steps, progress, "train")
     try:
         for _step in range(total_steps):
+            step_start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(settings.grad_accum):
@@ -402,6 +406,7 @@ def train_local(
             optimizer.step()
             scheduler.step()
             losses.append(step_loss)
+            step_seconds.append(time.perf_counter() - step_start)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
     finally:
@@ -424,6 +429,7 @@ def train_local(
         num_skipped=data.num_skipped,
         num_seen_tokens=seen_tokens,
         num_input_tokens=input_tokens,
+        step_seconds=step_seconds,
     )
 
 

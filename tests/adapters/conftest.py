@@ -8,7 +8,6 @@ through the same ``prepare_tokenizer`` path (pad = EOS) as the real model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,92 +15,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TRAINING_TEXT = """\
-The patient denies chest pain but reports mild shortness of breath since Monday.
-Started metformin 500 mg orally twice daily for type 2 diabetes; HbA1c was 8.1 % (ref 4.0-5.6).
-CT of the abdomen showed no acute abnormality. Aspirin 81 mg daily was continued.
-<span class="problem">chest pain</span> <span class="drug">aspirin</span> <span class="test">CT</span>
-{"entities": [{"type": "drug", "text": "metformin"}, {"type": "problem", "text": "diabetes"}]}
-Mother had breast cancer. No fever, no cough. Blood pressure 140/90 mmHg, heart rate 88.
-"""
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+from tinymodel import (  # noqa: F401  (re-exported for tests importing from conftest)
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    TRAINING_TEXT,
+    FakeExample,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    save_tiny_model,
 )
-
-
-@dataclass(frozen=True)
-class FakeExample:
-    """Stand-in for ``fedmedlora.prompts.Example`` (training code only reads .prompt and .target)."""
-
-    prompt: str
-    target: str
-    task: str = "ner"
-    sentence_id: str = "s0"
-    site: str = "test"
-    head: str | None = None
-
-
-def build_tiny_tokenizer():
-    """A byte-level BPE fast tokenizer (vocab ~350) with ChatML specials and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=350,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TRAINING_TEXT.splitlines(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def build_tiny_model(tokenizer, seed: int = 0):
-    """A 2-layer Llama (hidden 32, 4 heads / 2 KV heads, intermediate 64) with seeded random weights."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-        # Larger than the default 0.02 so the random model has informative logits and a LoRA-only update can
-        # fit a few examples within ~30 steps (with 0.02 the loss barely moves from ln(vocab)).
-        initializer_range=0.2,
-    )
-    return LlamaForCausalLM(config)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny model + tokenizer folder (built once per session)."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture

@@ -92,6 +92,9 @@ def test_fp16_out_of_range_rejected() -> None:
     # bf16 has float32's range
     payload, _ = encode({"w": np.array([1.0, 1e6], np.float32)}, "bf16")
     np.testing.assert_allclose(decode(payload, "bf16")["w"], [1.0, 1e6], rtol=2**-8)
+    # ... but float32's largest values round up to inf in bf16
+    with pytest.raises(CompressionError, match="bf16: w has values that round to ±inf"):
+        encode({"w": np.array([3.4e38], np.float32)}, "bf16")
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "row"])

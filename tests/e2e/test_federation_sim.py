@@ -6,13 +6,13 @@ checkpoints, every aggregation rule, and that resuming after round 1 reproduces 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tinymodel import save_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -24,17 +24,6 @@ TEXTS = [
     ("Aspirin 81 mg daily was continued.", [("drug", "Aspirin")]),
     ("No fever, no cough.", [("problem", "fever"), ("problem", "cough")]),
 ]
-
-
-def _tiny_builders():
-    """The tiny model/tokenizer builders of tests/adapters/conftest.py (imported as a plain module)."""
-    name = "_fedmedlora_adapters_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "adapters" / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str]]):
@@ -54,10 +43,7 @@ def world(tmp_path_factory) -> Path:
     from fedmedlora.jsonl import write_documents
 
     root = tmp_path_factory.mktemp("fedworld")
-    builders = _tiny_builders()
-    tok = builders.build_tiny_tokenizer()
-    builders.build_tiny_model(tok).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     for k, site in enumerate(SITES):
         (root / "bench" / site).mkdir(parents=True)
         for split, n in (("train", 2 + k), ("dev", 1)):

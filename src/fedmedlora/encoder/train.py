@@ -133,7 +133,10 @@ class EncoderSettings:
             lo = dict(d["lora"])
             if lo.get("target_modules") is not None:
                 lo["target_modules"] = tuple(lo["target_modules"])
-            d["lora"] = EncoderLora(**lo)
+            try:
+                d["lora"] = EncoderLora(**lo)
+            except TypeError as exc:
+                raise ValueError(f"EncoderSettings.lora: {exc}") from None
         if "tasks" in d:
             d["tasks"] = tuple(d["tasks"])
         return cls(**d)

@@ -1,0 +1,338 @@
+"""Real Deployment Engine on loopback: a TLS SuperLink with node authentication and three hospital SuperNodes,
+each a separate process group with its own FLWR_HOME, running the real fedmedlora ServerApp/ClientApp on a tiny
+random Llama.
+
+Covers: a 2-round federation equal to the in-process simulation; an unregistered hospital key refused; one
+hospital going down during a round (the run finishes with the other two and the failure is logged) and coming
+back with the same node id; the coordinator (SuperLink + ServerApp) crashing after round 1 and the resumed run
+finishing with every round recorded once and the same adapter as the uninterrupted run.
+
+Processes are torn down by their recorded process groups (never by name); every wait has a timeout. Timeouts are
+generous because each round starts fresh ``flwr-clientapp`` processes that import torch on a loaded 2-core box.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("openssl") is None or shutil.which("ssh-keygen") is None, reason="needs openssl and ssh-keygen"
+    ),
+]
+
+SITES = ["alpha", "beta", "gamma"]
+TEXTS = [
+    ("The patient denies chest pain.", [("problem", "chest pain")]),
+    ("Started metformin 500 mg daily.", [("drug", "metformin")]),
+    ("CT of the abdomen was normal.", [("test", "CT")]),
+    ("Aspirin 81 mg daily was continued.", [("drug", "Aspirin")]),
+    ("No fever, no cough.", [("problem", "fever"), ("problem", "cough")]),
+]
+CONNECTION = "hospitals"
+START_TIMEOUT = 120.0  # a process to come up / a node to be online
+RUN_TIMEOUT = 900.0  # a whole 2-round run
+
+
+# ---- the tiny world (model + 3-site benchmark + coordinator validation set) -------------------------------------
+
+
+def _tiny_builders():
+    name = "_fedmedlora_adapters_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "adapters" / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str]]):
+    from fedmedlora.schema import Document, Entity, LabelSet, Sentence
+
+    entities = []
+    for j, (typ, surface) in enumerate(ents):
+        start = text.index(surface)
+        entities.append(Entity(f"T{j}", typ, start, start + len(surface), surface))
+    sent = Sentence(f"{site}-{split}-{i}:0", 0, len(text), text, tuple(entities))
+    return Document(f"{site}-{split}-{i}", site, split, text, (sent,), LabelSet())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    from fedmedlora.jsonl import write_documents
+
+    root = tmp_path_factory.mktemp("deployworld")
+    builders = _tiny_builders()
+    tok = builders.build_tiny_tokenizer()
+    builders.build_tiny_model(tok).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    for k, site in enumerate(SITES):
+        (root / "bench" / site).mkdir(parents=True)
+        for split, n in (("train", 2 + k), ("dev", 1)):
+            docs = [_doc(site, split, i, *TEXTS[(i + k) % len(TEXTS)]) for i in range(n)]
+            write_documents(root / "bench" / site / f"{split}.jsonl", docs)
+    (root / "bench" / "_server").mkdir()
+    write_documents(
+        root / "bench" / "_server" / "validation.jsonl", [_doc("srv", "dev", i, *TEXTS[i]) for i in range(2)]
+    )
+    return root
+
+
+def _cfg(world: Path, *, rounds: int = 2, min_sites: int = 3):
+    """Deployment config: sites are whoever connects (``federation.sites`` unset), at least ``min_sites``."""
+    from fedmedlora.config import load_config
+
+    return load_config(
+        overrides=[
+            "name=deploy",
+            f"model.name={world / 'model'}",
+            "model.dtype=float32",
+            "model.device=cpu",
+            "lora.r=2",
+            "lora.alpha=4",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.max_length=128",
+            "data.tasks=[ner]",
+            f"federation.rounds={rounds}",
+            f"federation.min_sites={min_sites}",
+            "federation.round_timeout_s=900",
+        ]
+    )
+
+
+# ---- the deployment ------------------------------------------------------------------------------------------
+
+
+class Deployment:
+    """One coordinator (SuperLink, TLS + node auth, on-disk state) and one SuperNode per site, on loopback."""
+
+    def __init__(self, root: Path, data_dir: Path) -> None:
+        from fedmedlora import deploy
+
+        self.d = deploy
+        self.root = root
+        self.data_dir = data_dir
+        self.state = root / "pids"
+        self.operator_home = root / "home" / "operator"
+        self.tls = deploy.generate_certs(root / "certs", bits=2048)
+        self.port = deploy.free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.superlink = None
+        self.nodes: dict[str, object] = {}
+        self.node_ids: dict[str, int] = {}
+
+    def start_superlink(self) -> None:
+        d = self.d
+        args = d.superlink_command(tls=self.tls, port=self.port, database=self.root / "superlink.db")
+        self.superlink = d.start_process(
+            "superlink", args, state_dir=self.state, env=d.flower_env(self.root / "home" / "superlink"), cwd=self.root
+        )
+        self.superlink.wait_for_log(r"Uvicorn running on https://", START_TIMEOUT)
+
+    def key(self, site: str) -> tuple[Path, Path]:
+        return self.d.generate_node_key(self.root / "keys", site)
+
+    def start_node(self, site: str, *, name: str | None = None, key: Path | None = None):
+        d = self.d
+        args = d.supernode_command(
+            superlink=self.address,
+            site=site,
+            data_dir=self.data_dir,
+            private_key=key or self.key(site)[0],
+            root_certificates=self.tls.ca_cert,
+            port=d.free_port(),
+        )
+        name = name or f"supernode-{site}"
+        proc = d.start_process(
+            name, args, state_dir=self.state, env=d.flower_env(self.root / "home" / name), cwd=self.root
+        )
+        if key is None:
+            self.nodes[site] = proc
+        return proc
+
+    def up(self) -> None:
+        d = self.d
+        self.start_superlink()
+        d.write_connection(self.operator_home, CONNECTION, self.address, root_certificates=self.tls.ca_cert)
+        for site in SITES:
+            public = self.key(site)[1]
+            self.node_ids[site] = d.register_node(public, CONNECTION, flwr_home=self.operator_home, name=site)
+            self.start_node(site)
+        self.wait_online()
+
+    def wait_online(self, sites=SITES) -> None:
+        self.d.wait_for_nodes(
+            CONNECTION, [self.node_ids[s] for s in sites], flwr_home=self.operator_home, timeout=START_TIMEOUT
+        )
+
+    def status_of_nodes(self) -> dict[int, str]:
+        return {int(n["node-id"]): n["status"] for n in self.d.list_nodes(CONNECTION, flwr_home=self.operator_home)}
+
+    def submit(self, cfg, run_dir: Path, *, resume: bool = False) -> int:
+        d = self.d
+        app = d.write_app_dir(
+            run_dir.parent / f"{run_dir.name}_app",
+            d.app_config(cfg, run_dir=run_dir, server_data_dir=self.data_dir),
+        )
+        overrides = {"resume": True} if resume else None
+        return d.submit_run(app, CONNECTION, flwr_home=self.operator_home, overrides=overrides)
+
+    def wait(self, run_id: int, timeout: float = RUN_TIMEOUT) -> dict:
+        return self.d.wait_for_run(run_id, CONNECTION, flwr_home=self.operator_home, timeout=timeout)
+
+    def logs(self, run_id: int) -> str:
+        return self.d.run_logs(run_id, CONNECTION, flwr_home=self.operator_home)
+
+    def down(self) -> None:
+        self.d.stop_recorded(self.state)
+
+
+@pytest.fixture(scope="module")
+def deployment(world: Path, tmp_path_factory):
+    dep = Deployment(tmp_path_factory.mktemp("deploy"), world / "bench")
+    try:
+        dep.up()
+        yield dep
+    finally:
+        dep.down()
+
+
+def _wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _final(run_dir: Path) -> dict[str, np.ndarray]:
+    from fedmedlora.adapter_io import load_adapter_arrays
+
+    return load_adapter_arrays(run_dir / "adapters" / "final")
+
+
+def _assert_same_adapter(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+# ---- tests ---------------------------------------------------------------------------------------------------
+
+
+def test_unregistered_hospital_key_is_refused(deployment: Deployment) -> None:
+    before = deployment.status_of_nodes()
+    private, _ = deployment.d.generate_node_key(deployment.root / "keys", "intruder")  # public key never registered
+    intruder = deployment.start_node("alpha", name="intruder", key=private)  # valid TLS and data, unknown key
+    rc = intruder.wait(timeout=START_TIMEOUT)
+    assert rc != 0
+    assert deployment.d.UNREGISTERED_KEY_MARKER in intruder.log_text()
+    assert "Exit Code: 305" in intruder.log_text()
+    after = deployment.status_of_nodes()
+    assert set(after) == set(before) == set(deployment.node_ids.values())  # no new node appeared
+
+
+def test_two_rounds_over_tls_match_the_simulation(deployment: Deployment, world: Path, tmp_path: Path) -> None:
+    from fedmedlora.federation.simulation import run_federation
+
+    cfg = _cfg(world)
+    run_dir = tmp_path / "run"
+    run_id = deployment.submit(cfg, run_dir)
+    status = deployment.wait(run_id)
+    assert status["status"] == "finished:completed", (status, deployment.logs(run_id)[-4000:])
+
+    rounds = _rounds(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds[1:]:
+        assert r["sites"] == SITES and not r["failures"]
+        assert sorted(r["node_ids"]) == sorted(deployment.node_ids[s] for s in SITES)
+    comm = [json.loads(x) for x in (run_dir / "comm.jsonl").read_text().splitlines()]
+    assert len(comm) == 12 and {c["site"] for c in comm} == set(SITES)
+    assert all("lora_" in t["name"] for c in comm for t in c["tensors"])  # only adapter tensors travelled
+
+    sim = run_federation(cfg, tmp_path / "sim", data_dir=world / "bench", sites=SITES)
+    _assert_same_adapter(_final(run_dir), sim.arrays)
+    for a, b in zip(rounds, sim.rounds, strict=True):
+        for key in ("sites", "weights", "sizes", "train_loss", "val_loss"):
+            assert a.get(key) == pytest.approx(b.get(key), abs=1e-5), key
+
+
+def test_hospital_down_during_a_round_then_back(deployment: Deployment, world: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "outage"
+    run_id = deployment.submit(_cfg(world, min_sites=2), run_dir)
+    gamma = deployment.nodes["gamma"]
+
+    def gamma_is_training():
+        return any("flwr-clientapp" in cmd for _, cmd in deployment.d.group_processes(gamma.pid))
+
+    _wait_until(gamma_is_training, START_TIMEOUT * 3, "gamma's ClientApp to start round 1")
+    gamma.stop()  # the hospital's node goes down in the middle of its local training
+
+    status = deployment.wait(run_id)
+    assert status["status"] == "finished:completed", (status, deployment.logs(run_id)[-4000:])
+    rounds = _rounds(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[1]["sites"] == ["alpha", "beta"] and rounds[1]["failures"], rounds[1]
+    assert rounds[2]["sites"] == ["alpha", "beta"]
+    assert "failed" in deployment.logs(run_id)
+
+    deployment.start_node("gamma")  # back with the same key -> same node id
+    deployment.wait_online()
+    assert deployment.status_of_nodes()[deployment.node_ids["gamma"]] == "online"
+
+
+def test_coordinator_crash_after_round_1_resumes(deployment: Deployment, world: Path, tmp_path: Path) -> None:
+    d = deployment.d
+    cfg = _cfg(world)
+    deployment.wait_online()  # the previous test brought gamma back
+    run_dir = tmp_path / "crash"
+    first = deployment.submit(cfg, run_dir)
+
+    def round_1_checkpointed() -> bool:
+        state = run_dir / "federation_state.json"
+        return state.is_file() and json.loads(state.read_text() or "{}").get("round") == 1
+
+    _wait_until(round_1_checkpointed, RUN_TIMEOUT, "the round-1 checkpoint")
+    deployment.superlink.kill()  # the coordinator machine dies: SuperLink, SuperExec and the ServerApp at once
+    deployment.start_superlink()  # same port, same --database: registrations and nodes survive
+    deployment.wait_online()
+    old = deployment.wait(first, timeout=300)
+    assert old["status"] == "finished:failed"
+    assert [r["round"] for r in _rounds(run_dir)] == [0, 1]
+
+    status = d.supervise_run(
+        run_dir.parent / f"{run_dir.name}_app",
+        CONNECTION,
+        flwr_home=deployment.operator_home,
+        run_dir=run_dir,
+        timeout=RUN_TIMEOUT,
+        resume=True,
+        max_restarts=0,
+    )
+    assert status["status"] == "finished:completed", status
+    rounds = _rounds(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]  # each round recorded exactly once
+    assert all(r["sites"] == SITES for r in rounds[1:])
+
+    from fedmedlora.federation.simulation import run_federation
+
+    uninterrupted = run_federation(cfg, tmp_path / "sim", data_dir=world / "bench", sites=SITES)
+    _assert_same_adapter(_final(run_dir), uninterrupted.arrays)

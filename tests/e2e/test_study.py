@@ -1,0 +1,103 @@
+"""The whole study on the bundled sample with a tiny random model: every setting runs, every artifact is written.
+
+Numbers from a random model are meaningless; this checks the plumbing: run folders, adapters loadable by PEFT,
+evaluation tables, the comparison table with one row per method, and the plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tinymodel import save_tiny_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    from fedmedlora.config import load_config
+    from fedmedlora.federation.client_app import clear_caches
+    from fedmedlora.study import run_study
+
+    root = tmp_path_factory.mktemp("study")
+    model = save_tiny_model(root / "model")
+    cfg = load_config(
+        overrides=[
+            "name=study-test",
+            f"model.name={model}",
+            "model.device=cpu",
+            "model.dtype=float32",
+            "lora.r=2",
+            "lora.alpha=4",
+            "train.max_steps=1",
+            "train.batch_size=2",
+            "train.max_length=768",
+            "data.max_train_examples=4",
+            "eval.max_sentences=2",
+            "eval.max_new_tokens=8",
+            "federation.rounds=2",
+        ]
+    )
+    clear_caches()
+    run_study(cfg, root / "out", progress=lambda *_: None)
+    clear_caches()
+    return root / "out"
+
+
+def test_every_setting_has_a_self_describing_run_folder(study_dir: Path) -> None:
+    from peft import PeftConfig
+
+    expected = [
+        "zero-shot",
+        "single-site (chia)",
+        "single-site (phee)",
+        "single-site (bc5cdr)",
+        "centralized",
+        "fed-medlora",
+        "fed-medlora-plus",
+        "Fed-MedLoRA → adapted to maccrobat",
+        "maccrobat only (from base)",
+    ]
+    for name in expected:
+        run = study_dir / name
+        assert (run / "config.yaml").is_file(), name
+        assert (run / "eval" / "test.json").is_file(), name
+        assert (run / "eval" / "test.md").is_file(), name
+        if name != "zero-shot":
+            final = run / "adapters" / "final"
+            assert (final / "adapter_model.safetensors").is_file(), name
+            assert PeftConfig.from_pretrained(final).peft_type.value == "LORA"
+            assert json.loads((final / "fedmedlora.json").read_text())["meta"]["format"] == "html"
+
+
+def test_federated_runs_log_rounds_weights_and_bytes(study_dir: Path) -> None:
+    for name in ("fed-medlora", "fed-medlora-plus"):
+        recs = [json.loads(x) for x in (study_dir / name / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in recs] == [0, 1, 2]
+        for r in recs[1:]:
+            assert sorted(r["sites"]) == ["bc5cdr", "chia", "phee"]
+            assert abs(sum(r["weights"].values()) - 1) < 1e-9
+            assert all(v > 0 for v in r["bytes_up"].values())
+        assert (study_dir / name / "adapters" / "round_2").is_dir()
+    plus = [json.loads(x) for x in (study_dir / "fed-medlora-plus" / "rounds.jsonl").read_text().splitlines()]
+    assert plus[1]["loss_source"] == "server" and set(plus[1]["losses"]) == {"bc5cdr", "chia", "phee"}
+
+
+def test_comparison_table_and_plots(study_dir: Path) -> None:
+    md = (study_dir / "study.md").read_text()
+    for row in ("zero-shot", "single-site (phee)", "centralized", "Fed-MedLoRA", "Fed-MedLoRA+", "adapted to"):
+        assert row in md, row
+    rows = list(csv.DictReader((study_dir / "study.csv").open()))
+    groups = {r["group"] for r in rows}
+    assert {"chia", "phee", "bc5cdr", "in-domain (all)", "new site: maccrobat"} <= groups
+    # the adapted and local-only models are only evaluated on the new site
+    assert {r["group"] for r in rows if r["model"].startswith("maccrobat only")} == {"new site: maccrobat"}
+    for r in rows:
+        for col in ("ner_strict_f1", "ner_lenient_f1"):
+            assert r[col] == "" or 0.0 <= float(r[col]) <= 1.0
+    for png in ("weights_per_round.png", "bytes_per_round.png", "val_loss_per_round.png"):
+        assert (study_dir / "plots" / png).stat().st_size > 1000, png
