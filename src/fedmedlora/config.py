@@ -81,6 +81,12 @@ class FederationConfig(_Section):
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(1, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0)
+    server_val_max_examples: int | None = Field(
+        64, ge=1, description="Cap on the coordinator's validation examples used for losses (seeded subsample)."
+    )
+    round_eval_sentences: int = Field(
+        0, ge=0, description="Coordinator validation sentences scored (NER/RE F1) after every round; 0 = loss only."
+    )
 
 
 class EvalConfig(_Section):

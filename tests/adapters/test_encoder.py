@@ -241,6 +241,14 @@ def test_training_reduces_loss_and_recovers_training_spans(tok):
         assert sorted((m.head, m.span) for m in p.modifiers) == sorted((m.head, m.span) for m in g.modifiers)
         for e in p.entities:
             assert g.text[e.start : e.end] == e.text
+    # end-to-end: RE heads are the predicted entities (P-ids); same relations since NER is perfect here
+    pred = et.predict_sentences(models, units, heads="predicted", max_length=64)
+    for (g, _), p in zip(units, pred, strict=True):
+        heads = {e.id: e.span for e in p.entities}
+        assert all(m.head.startswith("P") for m in p.modifiers)
+        assert sorted((heads[m.head], m.span) for m in p.modifiers) == sorted(
+            (g.entity(m.head).span, m.span) for m in g.modifiers
+        )
 
 
 def test_decoding_never_predicts_types_outside_the_label_set(tok):
@@ -362,3 +370,27 @@ def tiny_encoder_dir(tok, tmp_path):
     BertModel(bert_config(tok)).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+def test_score_sentence_uses_gold_heads_like_the_llm_path():
+    from fedmedlora.metrics import Evaluation
+
+    g = corpus()[0]
+    ls = LabelSet(frozenset({"problem"}), frozenset({"negation", "severity"}))
+    # predicted entities get P-ids; modifiers point at the gold head ids (heads="gold")
+    pred = Sentence(
+        g.id,
+        g.start,
+        g.end,
+        g.text,
+        tuple(Entity(f"P{i}", e.type, e.start, e.end, e.text) for i, e in enumerate(g.entities)),
+        (
+            Modifier("M1", "negation", *find(g.text, "denies"), "denies", "T1"),
+            Modifier("M2", "severity", *find(g.text, "reports"), "reports", "T2"),  # wrong span
+        ),
+    )
+    ev = Evaluation()
+    et.score_sentence(ev, g, pred, ls, tasks=("ner", "re"), heads="gold")
+    assert (ev.get("ner", "strict").tp, ev.get("ner", "strict").fp) == (2, 0)
+    re_c = ev.get("re", "strict")
+    assert (re_c.tp, re_c.fp, re_c.fn) == (1, 1, 1)

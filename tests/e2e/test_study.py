@@ -40,6 +40,7 @@ def study_dir(tmp_path_factory) -> Path:
             "eval.max_sentences=2",
             "eval.max_new_tokens=8",
             "federation.rounds=2",
+            "federation.round_eval_sentences=2",
         ]
     )
     clear_caches()
@@ -83,6 +84,7 @@ def test_federated_runs_log_rounds_weights_and_bytes(study_dir: Path) -> None:
             assert abs(sum(r["weights"].values()) - 1) < 1e-9
             assert all(v > 0 for v in r["bytes_up"].values())
         assert (study_dir / name / "adapters" / "round_2").is_dir()
+        assert all(0.0 <= r["val_ner_strict_f1"] <= 1.0 and r["val_sentences"] == 2 for r in recs)
     plus = [json.loads(x) for x in (study_dir / "fed-medlora-plus" / "rounds.jsonl").read_text().splitlines()]
     assert plus[1]["loss_source"] == "server" and set(plus[1]["losses"]) == {"bc5cdr", "chia", "phee"}
 
@@ -99,5 +101,5 @@ def test_comparison_table_and_plots(study_dir: Path) -> None:
     for r in rows:
         for col in ("ner_strict_f1", "ner_lenient_f1"):
             assert r[col] == "" or 0.0 <= float(r[col]) <= 1.0
-    for png in ("weights_per_round.png", "bytes_per_round.png", "val_loss_per_round.png"):
+    for png in ("weights_per_round.png", "bytes_per_round.png", "val_loss_per_round.png", "f1_per_round.png"):
         assert (study_dir / "plots" / png).stat().st_size > 1000, png

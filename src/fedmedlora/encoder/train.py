@@ -87,14 +87,14 @@ class EncoderSettings:
     tasks: tuple[str, ...] = ("ner", "re")
     max_length: int = 128
     batch_size: int = 16
-    learning_rate: float = 5e-5
+    learning_rate: float = 2e-4
     lora_learning_rate: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    epochs: float = 3.0
-    rounds: int = 3
-    local_epochs: float = 1.0
+    epochs: float = 8.0
+    rounds: int = 4
+    local_epochs: float = 2.0
     lora: EncoderLora = field(default_factory=EncoderLora)
     use_lora: bool = False
     freeze_embeddings: bool = False

@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,45 @@ def server_validation_examples(cfg: RunConfig, data_dir: Path) -> list[Any]:
     if not path.is_file():
         return []
     examples = build_examples(read_documents(path), cfg.data.format, cfg.data.tasks)
-    cap = cfg.eval.max_sentences  # the quick-run cap, here on validation examples (seeded)
+    cap = cfg.federation.server_val_max_examples
     if cap is not None and len(examples) > cap:
         rng = random.Random(f"{cfg.seed}:_server:validation")
         keep = sorted(rng.sample(range(len(examples)), cap))
         examples = [examples[i] for i in keep]
     return examples
+
+
+def server_round_scorer(cfg: RunConfig, data_dir: Path, session: Any) -> Callable[[dict], dict[str, float]] | None:
+    """F1 of an adapter on ``federation.round_eval_sentences`` sentences of the coordinator's validation set (seeded
+    sample), for the per-round record; ``None`` when disabled or when the coordinator holds no labelled set."""
+    from fedmedlora.jsonl import read_documents
+
+    n = cfg.federation.round_eval_sentences
+    path = data_dir / SERVER_SPLIT_DIR / f"{SERVER_SPLIT}.jsonl"
+    if n <= 0 or not path.is_file():
+        return None
+    items = [(s, d.label_set) for d in read_documents(path) for s in d.sentences]
+    if len(items) > n:
+        rng = random.Random(f"{cfg.seed}:_server:round-eval")
+        items = [items[i] for i in sorted(rng.sample(range(len(items)), n))]
+
+    def score(arrays: dict) -> dict[str, float]:
+        from fedmedlora.experiments import score_predictions
+        from fedmedlora.extract import extract_sentences
+
+        session.set_arrays(arrays)
+        preds = extract_sentences(
+            items, session.generate_fn(cfg), fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold"
+        )
+        ev = score_predictions(items, preds, cfg.data.tasks)
+        out: dict[str, float] = {"val_sentences": float(len(items))}
+        for task in cfg.data.tasks:
+            if ev.n_instances.get(task):
+                for rule in ("strict", "lenient"):
+                    out[f"val_{task}_{rule}_f1"] = ev.get(task, rule).f1
+        return out
+
+    return score
 
 
 def _truncate_logs(run: RunDir, last_round: int) -> None:
@@ -145,6 +179,7 @@ def run_server(
 
         data_dir = cfg.data.benchmark or default_data_dir()
     val_examples = server_validation_examples(cfg, Path(data_dir))
+    round_scorer = server_round_scorer(cfg, Path(data_dir), get_session(cfg))
     if settings.uses_loss and settings.loss_source == "server" and not val_examples:
         raise ValueError(
             f"Fed-MedLoRA+ with plus_loss_source='server' needs the coordinator's labelled validation set at "
@@ -177,6 +212,8 @@ def run_server(
         if val_examples:
             record0["val_loss"] = val_loss(initial)
             record0["val_examples"] = len(val_examples)
+        if round_scorer is not None:
+            record0.update(round_scorer(initial))
         save_adapter(
             initial, run.adapter_dir(0), session.adapter_meta(round=0, rule=fed.strategy), peft_config=peft_config
         )
@@ -211,6 +248,8 @@ def run_server(
         record["size_key"] = settings.size_key
         if val_examples:
             record["val_loss"] = val_loss(arrays)
+        if round_scorer is not None:
+            record.update(round_scorer(arrays))
         site_of_node = dict(zip(rlog.node_ids, rlog.sites, strict=True))
         save_adapter(
             arrays,
