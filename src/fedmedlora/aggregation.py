@@ -273,9 +273,11 @@ def check_update(
             raise AggregationError(f"site {site}: {key} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
         if arr.dtype.name != dtype:
             raise AggregationError(f"site {site}: {key} has dtype {arr.dtype.name}, expected {dtype}")
-        if arr.dtype.kind != "f":
-            raise AggregationError(f"site {site}: {key} has non-float dtype {arr.dtype.name}")
-        if not np.all(np.isfinite(arr)):
+        # integer dtypes only ever pass when the contract asks for them exactly (compressed transport: int8 values,
+        # bf16 bit patterns as uint16); float tensors must be finite
+        if arr.dtype.kind not in "fiu":
+            raise AggregationError(f"site {site}: {key} has non-numeric dtype {arr.dtype.name}")
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise AggregationError(f"site {site}: {key} contains NaN or Inf")
 
 

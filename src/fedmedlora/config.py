@@ -81,6 +81,11 @@ class FederationConfig(_Section):
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(1, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0)
+    compression: Literal["none", "fp16", "bf16", "int8"] = Field(
+        "none",
+        description="Adapter transport: 'none' (float32), 'fp16'/'bf16' both ways, or 'int8' uploads of the delta "
+        "from the received global adapter with error feedback (download in fp16).",
+    )
     server_val_max_examples: int | None = Field(
         64, ge=1, description="Cap on the coordinator's validation examples used for losses (seeded subsample)."
     )

@@ -23,12 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("openssl") is None or shutil.which("ssh-keygen") is None, reason="needs openssl and ssh-keygen"
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    shutil.which("openssl") is None or shutil.which("ssh-keygen") is None, reason="needs openssl and ssh-keygen"
+)
 
 SITES = ["alpha", "beta", "gamma"]
 TEXTS = [
@@ -235,9 +232,124 @@ def _assert_same_adapter(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=k)
 
 
-# ---- tests ---------------------------------------------------------------------------------------------------
+# ---- fast checks of the helpers (no Flower processes) ----------------------------------------------------------
 
 
+def test_certs_have_the_sans_and_chain_to_the_ca(tmp_path: Path) -> None:
+    import subprocess
+
+    from fedmedlora import deploy
+
+    files = deploy.generate_certs(tmp_path / "c", sans=["DNS:coord.example.org", "IP:10.0.0.5"], bits=2048)
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(files.server_cert), "-noout", "-text"], capture_output=True, text=True
+    ).stdout
+    for san in ("DNS:localhost", "IP Address:127.0.0.1", "DNS:coord.example.org", "IP Address:10.0.0.5"):
+        assert san in text
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(files.ca_cert), str(files.server_cert)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert oct(files.server_key.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(deploy.DeployError, match="subjectAltName"):
+        deploy.generate_certs(tmp_path / "bad", sans=["coord.example.org"])
+
+
+def test_node_keys_are_ecdsa_384_and_never_overwritten(tmp_path: Path) -> None:
+    from fedmedlora import deploy
+
+    private, public = deploy.generate_node_key(tmp_path, "chia")
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    before = private.read_bytes()
+    assert deploy.generate_node_key(tmp_path, "chia") == (private, public)
+    assert private.read_bytes() == before
+    with pytest.raises(deploy.DeployError, match="site name"):
+        deploy.generate_node_key(tmp_path, "../evil")
+
+
+def test_connection_section_is_replaced_and_absolute(tmp_path: Path, monkeypatch) -> None:
+    import tomllib
+
+    from fedmedlora import deploy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ca.crt").write_text("x")
+    deploy.write_connection(tmp_path / "home", "h", "127.0.0.1:1", root_certificates="ca.crt")
+    path = deploy.write_connection(tmp_path / "home", "h", "10.0.0.1:9092", root_certificates="ca.crt")
+    deploy.write_connection(tmp_path / "home", "other", "127.0.0.1:2", insecure=True)
+    conf = tomllib.loads(path.read_text())["superlink"]
+    assert conf["h"] == {"address": "10.0.0.1:9092", "root-certificates": str((tmp_path / "ca.crt").resolve())}
+    assert conf["other"] == {"address": "127.0.0.1:2", "insecure": True}
+    assert conf["default"] == "local"
+    with pytest.raises(deploy.DeployError, match="does not exist"):
+        deploy.write_connection(tmp_path / "home", "x", "a:1", root_certificates="missing.crt")
+
+
+def test_app_folder_declares_the_whole_run_config(tmp_path: Path) -> None:
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    from fedmedlora import deploy
+    from fedmedlora.config import RunConfig, load_config
+
+    cfg = load_config(overrides=["federation.rounds=3", "federation.sites=[a,b]", "data.tasks=[ner]"])
+    flat = deploy.app_config(cfg, run_dir=tmp_path / "run", resume=True, server_data_dir=tmp_path)
+    app = deploy.write_app_dir(tmp_path / "app", flat)
+    doc = tomllib.loads((app / "pyproject.toml").read_text())
+    assert doc["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "fedmedlora.federation.server_app:app",
+        "clientapp": "fedmedlora.federation.client_app:app",
+    }
+    declared = flatten_dict(doc["tool"]["flwr"]["app"]["config"])
+    assert declared == flat
+    assert declared["run-dir"] == str((tmp_path / "run").resolve()) and declared["resume"] is True
+    assert declared["num-server-rounds"] == 3
+    assert RunConfig.from_flower_run_config(declared) == cfg  # what the ServerApp/ClientApp will rebuild
+
+
+def test_node_config_and_commands(tmp_path: Path) -> None:
+    from fedmedlora import deploy
+
+    assert deploy.node_config_string({"site": "chia", "n": 2, "x": True}) == 'site="chia" n=2 x=true'
+    with pytest.raises(deploy.DeployError, match="spaces"):
+        deploy.node_config_string({"data-dir": "/a b"})
+    (tmp_path / "data" / "chia").mkdir(parents=True)
+    key = tmp_path / "k"
+    key.write_text("k")
+    args = deploy.supernode_command(
+        superlink="h:1", site="chia", data_dir=tmp_path / "data", private_key=key, root_certificates=key, port=7
+    )
+    assert args[args.index("--node-config") + 1] == f'site="chia" data-dir="{(tmp_path / "data").resolve()}"'
+    with pytest.raises(deploy.DeployError, match="phee"):
+        deploy.supernode_command(
+            superlink="h:1", site="phee", data_dir=tmp_path / "data", private_key=key, root_certificates=key
+        )
+    with pytest.raises(deploy.DeployError, match="needs TLS"):
+        deploy.superlink_command(tls=None, node_auth=True)
+
+
+def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
+    from fedmedlora import deploy
+
+    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+    script += "print('ready', flush=True); time.sleep(300)"
+    proc = deploy.start_process("sleeper", [sys.executable, "-c", script], state_dir=tmp_path)
+    proc.wait_for_log("ready", 60)
+    _wait_until(lambda: len(deploy.group_processes(proc.pid)) == 2, 30, "the grandchild")
+    assert (tmp_path / "sleeper.pid").read_text().strip() == str(proc.pid)
+    with pytest.raises(deploy.DeployError, match="already running"):
+        deploy.start_process("sleeper", [sys.executable, "-c", "pass"], state_dir=tmp_path)
+    assert deploy.stop_recorded(tmp_path) == ["sleeper"]
+    _wait_until(lambda: not deploy.group_processes(proc.pid), 30, "the group to end")
+    assert not (tmp_path / "sleeper.pid").exists()
+    proc.popen.wait(timeout=10)
+
+
+# ---- tests on a real deployment --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
 def test_unregistered_hospital_key_is_refused(deployment: Deployment) -> None:
     before = deployment.status_of_nodes()
     private, _ = deployment.d.generate_node_key(deployment.root / "keys", "intruder")  # public key never registered
@@ -250,6 +362,7 @@ def test_unregistered_hospital_key_is_refused(deployment: Deployment) -> None:
     assert set(after) == set(before) == set(deployment.node_ids.values())  # no new node appeared
 
 
+@pytest.mark.slow
 def test_two_rounds_over_tls_match_the_simulation(deployment: Deployment, world: Path, tmp_path: Path) -> None:
     from fedmedlora.federation.simulation import run_federation
 
@@ -275,6 +388,7 @@ def test_two_rounds_over_tls_match_the_simulation(deployment: Deployment, world:
             assert a.get(key) == pytest.approx(b.get(key), abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_hospital_down_during_a_round_then_back(deployment: Deployment, world: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "outage"
     run_id = deployment.submit(_cfg(world, min_sites=2), run_dir)
@@ -299,6 +413,7 @@ def test_hospital_down_during_a_round_then_back(deployment: Deployment, world: P
     assert deployment.status_of_nodes()[deployment.node_ids["gamma"]] == "online"
 
 
+@pytest.mark.slow
 def test_coordinator_crash_after_round_1_resumes(deployment: Deployment, world: Path, tmp_path: Path) -> None:
     d = deployment.d
     cfg = _cfg(world)

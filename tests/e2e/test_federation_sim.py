@@ -97,7 +97,7 @@ def _assert_only_adapter_traffic(result, adapter_spec: dict[str, tuple[list[int]
             assert "lora_" in t["name"], t["name"]
             assert (t["shape"], t["dtype"]) == adapter_spec[t["name"]], t["name"]
         if rec.direction == "down":
-            assert rec.content["configs"] == {"config": ["rule", "send-private", "server-round"]}
+            assert rec.content["configs"] == {"config": ["compression", "rule", "send-private", "server-round"]}
             assert rec.content["metrics"] == {}
         else:
             assert rec.content["configs"] == {"info": ["site"]}
@@ -225,3 +225,28 @@ def test_node_without_site_is_refused() -> None:
         run_id=1, node_id=5, node_config={"site": "chia", "data-dir": "/h"}, state=RecordDict(), run_config={}
     )
     assert site_of(ctx, cfg) == ("chia", Path("/h"))
+
+
+@pytest.mark.parametrize(
+    ("method", "up_dtypes", "ratio"), [("bf16", {"uint16"}, 0.5), ("int8", {"int8", "float32"}, 0.3)]
+)
+def test_compressed_transport_shrinks_bytes_and_tracks_the_float32_run(
+    world: Path, tmp_path: Path, method: str, up_dtypes: set[str], ratio: float
+) -> None:
+    plain = _run(world, tmp_path / "plain", _cfg(world))
+    packed = _run(world, tmp_path / method, _cfg(world, "fedmedlora", 2, f"federation.compression={method}"))
+    for rec in packed.wire:
+        dtypes = {t["dtype"] for t in rec.content["tensors"]}
+        if rec.direction == "up":
+            assert dtypes == up_dtypes
+            if method == "int8":  # one float32 scale per tensor travels beside the int8 values
+                assert any(t["name"].endswith("::scale") for t in rec.content["tensors"])
+        else:
+            assert dtypes == {"uint16" if method == "bf16" else "float16"}
+    for r_plain, r_packed in zip(plain.rounds[1:], packed.rounds[1:], strict=True):
+        for site in SITES:
+            assert r_packed["bytes_up"][site] <= ratio * r_plain["bytes_up"][site] + 64 * 40
+    # lossy transport, same federation: the final adapters stay close
+    for k, v in plain.arrays.items():
+        scale = float(np.abs(v).max()) or 1.0
+        assert float(np.abs(packed.arrays[k] - v).max()) <= 0.05 * scale, k

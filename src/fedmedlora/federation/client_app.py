@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmedlora.aggregation import is_lora_A, shared_keys
+from fedmedlora.compression import decode, encode
 from fedmedlora.config import RunConfig
 from fedmedlora.federation.strategy import (
     ARRAYS_KEY,
@@ -39,6 +40,7 @@ from fedmedlora.federation.strategy import (
     SITE_VAL_LOSS,
     TRAIN_LOSS,
     VAL_LOSS,
+    download_method,
     from_record,
     to_record,
 )
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 FEDSA_PRIVATE_KEY = "fedsa-private-b"
 OPTIMIZER_KEY = "optimizer-state"
+EF_STATE_KEY = "compression-error-feedback"
 
 app = ClientApp()
 
@@ -173,6 +176,23 @@ def _set_lora_a_trainable(model: Any, trainable: bool) -> None:
             param.requires_grad_(trainable)
 
 
+def _pack_upload(
+    arrays: dict[str, np.ndarray], received: dict[str, np.ndarray], compression: str, state: Any
+) -> dict[str, np.ndarray]:
+    """The upload payload: the adapter as is, or compressed (int8: the delta from the received global adapter,
+    with this site's error-feedback residual carried in ``context.state`` across rounds)."""
+    if compression == "none":
+        return arrays
+    ref = {k: received[k] for k in arrays if k in received}
+    residual = from_record(state[EF_STATE_KEY], "error feedback") if EF_STATE_KEY in state.array_records else None
+    if residual is not None and set(residual) != set(arrays):
+        residual = None  # the uploaded key set changed (e.g. FedSA's last round): start a fresh residual
+    payload, new_residual = encode(arrays, compression, residual, reference=ref if ref else None)
+    if new_residual:
+        state[EF_STATE_KEY] = to_record(new_residual)
+    return payload
+
+
 # ---- handlers ------------------------------------------------------------------------------------------------
 
 
@@ -190,7 +210,10 @@ def train(msg: Message, context: Context) -> Message:
     rnd = int(config["server-round"])
     rule = str(config.get("rule", cfg.federation.strategy))
     send_private = bool(config.get("send-private", False))
+    compression = str(config.get("compression", "none"))
     received = from_record(msg.content[ARRAYS_KEY], "server")
+    if compression != "none":
+        received = decode(received, download_method(compression))
     session = get_session(cfg)
     examples = site_examples(cfg, data_dir, site, "train")
 
@@ -237,7 +260,7 @@ def train(msg: Message, context: Context) -> Message:
     log.info("site %s round %d: %d examples, loss %.4f", site, rnd, result.num_examples, result.train_loss)
     content = RecordDict(
         {
-            ARRAYS_KEY: to_record({k: arrays[k] for k in upload}),
+            ARRAYS_KEY: to_record(_pack_upload({k: arrays[k] for k in upload}, received, compression, state)),
             METRICS_KEY: MetricRecord(metrics),
             INFO_KEY: ConfigRecord({"site": site}),
         }

@@ -236,6 +236,7 @@ def run_server(
         server_loss_fn=val_loss if settings.uses_loss and settings.loss_source == "server" else None,
         round_offset=offset,
         node_wait_timeout_s=fed.round_timeout_s,
+        compression=fed.compression,
     )
 
     def after_round(server_round: int, arrays_record: ArrayRecord) -> MetricRecord | None:

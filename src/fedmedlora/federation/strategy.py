@@ -26,7 +26,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,7 @@ from fedmedlora.aggregation import (
     weighted_mean,
     weights_for,
 )
+from fedmedlora.compression import decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,11 @@ def validate_train_reply(
     return SiteReply(node, site, arrays, metrics, nbytes(arrays))
 
 
+def download_method(compression: str) -> str:
+    """How the global adapter travels down: int8 uploads pair with an fp16 download (no per-site reference)."""
+    return "fp16" if compression == "int8" else compression
+
+
 # ---- the strategy --------------------------------------------------------------------------------------------
 
 
@@ -229,6 +235,8 @@ class FedMedLoRAStrategy(FedAvg):
         round_offset: Rounds already done (resume): round numbers are ``round_offset + server_round``.
         fraction_evaluate: Federated evaluation fraction (0 = none).
         node_wait_timeout_s: How long to wait for ``min_available_nodes`` before failing (None = forever).
+        compression: Adapter transport (``fedmedlora.compression``): ``none``, ``fp16``, ``bf16`` or ``int8``
+            (int8 uploads the delta from the sent global with the site's error feedback; downloads use fp16).
     """
 
     def __init__(
@@ -244,6 +252,7 @@ class FedMedLoRAStrategy(FedAvg):
         round_offset: int = 0,
         fraction_evaluate: float = 0.0,
         node_wait_timeout_s: float | None = None,
+        compression: str = "none",
     ) -> None:
         if not 0 < fraction_train <= 1:
             raise ValueError(f"fraction_train must be in (0, 1], got {fraction_train}")
@@ -265,6 +274,7 @@ class FedMedLoRAStrategy(FedAvg):
         self.server_loss_fn = server_loss_fn
         self.round_offset = round_offset
         self.node_wait_timeout_s = node_wait_timeout_s
+        self.compression = compression
         self.rounds: dict[int, RoundLog] = {}
         self.messages: list[dict[str, Any]] = []  # comm records not yet flushed by the ServerApp
         self._global: dict[str, np.ndarray] = {}
@@ -318,14 +328,23 @@ class FedMedLoRAStrategy(FedAvg):
         """Sample sites and send each the global adapter plus the round's config."""
         rnd = self.global_round(server_round)
         self._global = from_record(arrays, "global adapter")
+        if self.compression != "none":
+            # sites start from the rounded global; the server uses the same rounded arrays as the reference
+            payload, _ = encode(self._global, download_method(self.compression), error_feedback=False)
+            self._global = decode(payload, download_method(self.compression))
+            arrays = to_record(payload)
         upload = self.upload_keys(self._global, rnd)
         self._expected_up = {k: v for k, v in spec_of(self._global).items() if k in upload}
+        if self.compression != "none":
+            zeros = {k: np.zeros(shape, np.float32) for k, (shape, _) in self._expected_up.items()}
+            self._expected_up = spec_of(encode(zeros, self.compression, error_feedback=False)[0])
         self._send_private = self.settings.rule == "fedsa" and rnd == self.num_rounds
         node_ids = self.sample(self._wait_for_nodes(grid), server_round)
         cfg = ConfigRecord(dict(config))
         cfg["server-round"] = rnd
         cfg["rule"] = self.settings.rule
         cfg["send-private"] = self._send_private
+        cfg["compression"] = self.compression
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg})
         info = describe(record)
         self.rounds[rnd] = RoundLog(
@@ -361,6 +380,9 @@ class FedMedLoRAStrategy(FedAvg):
                 continue
             info = describe(msg.content)
             reply = validate_train_reply(msg, self._expected_up, self.required_metrics())
+            if self.compression != "none":
+                ref = {k: self._global[k] for k in self._expected_up if k in self._global}
+                reply = replace(reply, arrays=decode(reply.arrays, self.compression, reference=ref))
             self.messages.append(
                 {"round": rnd, "direction": "up", "node_id": nid, "site": reply.site, "type": "train", **info}
             )
