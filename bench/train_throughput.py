@@ -66,15 +66,11 @@ def load_examples(n: int) -> list[Any]:
 
 
 def tiny_model_dir() -> Path:
-    """Build and save the tiny random Llama used by the tests (imports the test helper)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "adapters"))
-    from conftest import build_tiny_model, build_tiny_tokenizer
+    """Build and save the tiny random Llama used by the tests (``tests/tinymodel.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tinymodel import save_tiny_model
 
-    out = Path(tempfile.mkdtemp(prefix="fedmedlora-tiny-"))
-    tok = build_tiny_tokenizer()
-    build_tiny_model(tok).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_model(Path(tempfile.mkdtemp(prefix="fedmedlora-tiny-")))
 
 
 def baseline_loop(model: Any, tok: Any, examples: list[Any], settings: TrainSettings, steps: int) -> dict[str, Any]:
@@ -139,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny random Llama instead of SmolLM2")
     ap.add_argument("--model", default=None, help="model folder / .gguf / hub id (default: SmolLM2)")
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--examples", type=int, default=32)

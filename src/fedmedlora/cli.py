@@ -19,7 +19,12 @@ def main() -> None:  # console-script entry point
     app()
 
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config (see configs/).")
+ConfigOpt = typer.Option(
+    "demo",
+    "--config",
+    "-c",
+    help="YAML run config, or a packaged preset: 'demo' (CPU-sized, the default) or 'paper' (reference settings).",
+)
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config field, e.g. -s train.max_steps=20 (repeatable).")
 BenchOpt = typer.Option(None, "--benchmark", "-b", help="Benchmark folder (default: the bundled sample).")
 
@@ -31,7 +36,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _resolve(config: Path | None, sets: list[str] | None, **fields):
+def _resolve(config: str | Path | None, sets: list[str] | None, **fields):
     """Defaults <- YAML <- --set overrides <- explicit command options (non-None only)."""
     from fedmedlora.config import ConfigError, load_config
 
@@ -141,7 +146,7 @@ def train(
     eval_site: list[str] = typer.Option(None, "--eval-site", help="Sites to evaluate on (default: all)."),
     init_adapter: Path = typer.Option(None, help="Adapter folder to continue from (required for adapt)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
-    config: Path = ConfigOpt,
+    config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
 ) -> None:
@@ -172,7 +177,7 @@ def adapt(
     adapter: Path = typer.Option(..., help="The federated adapter folder to start from."),
     site: str = typer.Option(None, help="The new site (default: the benchmark's new site)."),
     out: Path = typer.Option(..., "--out", "-o"),
-    config: Path = ConfigOpt,
+    config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
 ) -> None:
@@ -200,7 +205,7 @@ def evaluate(
     adapter: Path = typer.Option(None, help="Adapter folder (PEFT + fedmedlora.json); omit for zero-shot."),
     site: list[str] = typer.Option(None, "--site", help="Sites to evaluate (default: all)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write eval/ tables into."),
-    config: Path = ConfigOpt,
+    config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
 ) -> None:
@@ -241,7 +246,7 @@ def extract(
     brat: Path = typer.Option(None, help="Also write BRAT standoff (.txt + .ann per note) into this folder."),
     entity: list[str] = typer.Option(None, "--entity", help="Entity types to extract (default: all four)."),
     modifier: list[str] = typer.Option(None, "--modifier", help="Modifier types (default: all 16)."),
-    config: Path = ConfigOpt,
+    config: str = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
     """Extract entities and modifiers from clinical notes (NER, then RE on the predicted entities)."""
@@ -271,7 +276,7 @@ def fed_run(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (or to resume)."),
     resume: bool = typer.Option(False, help="Continue the run in --out after its last completed round."),
     evaluate_after: bool = typer.Option(True, "--eval/--no-eval", help="Score the final adapter on all sites."),
-    config: Path = ConfigOpt,
+    config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
 ) -> None:
@@ -311,16 +316,14 @@ def study(
     external: list[str] = typer.Option(None, "--external", help="Evaluation-only site(s) never trained on."),
     encoder: bool = typer.Option(False, "--encoder/--no-encoder", help="Add the encoder (BERT-style) baseline rows."),
     skip: list[str] = typer.Option(None, "--skip", help="zero_shot | single_site | centralized | new_site"),
-    config: Path = ConfigOpt,
+    config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
 ) -> None:
     """Run zero-shot, single-site, centralized, Fed-MedLoRA and Fed-MedLoRA+ (+ new-site adaptation) and write
-    one comparison table (study.md / .csv / .json) and plots. Default config: configs/demo.yaml-equivalent."""
+    one comparison table (study.md / .csv / .json) and plots."""
     from fedmedlora.study import run_study
 
-    if config is None and Path("configs/demo.yaml").is_file():
-        config = Path("configs/demo.yaml")
     cfg = _resolve(config, sets, **{"data.benchmark": benchmark})
     try:
         res = run_study(
@@ -566,7 +569,7 @@ def deploy_run(
     max_restarts: int = typer.Option(0, help="Watchdog: resubmit with resume this many times if the run fails."),
     stall_timeout: float = typer.Option(None, help="Watchdog: stop and resume a run with no new round for N s."),
     timeout: float = typer.Option(86400.0, help="Give up waiting after N s (the run itself keeps going)."),
-    config: Path = ConfigOpt,
+    config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     flwr_home: Path = FlwrHomeOpt,
 ) -> None:

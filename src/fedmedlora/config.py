@@ -178,6 +178,25 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """Names of the packaged config presets (``fedmedlora/configs/<name>.yaml``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file path, or the packaged preset of that name (``demo``, ``paper``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.is_file() and p.suffix == "":
+        return preset
+    raise ConfigError(f"{p}: no such config file (packaged presets: {', '.join(preset_names())})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **base: Any) -> RunConfig:
     """Resolve a ``RunConfig`` from defaults ← YAML file ← ``key=value`` overrides.
 
@@ -187,9 +206,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict[str, Any] = dict(base)
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such config file")
+        p = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:

@@ -352,6 +352,7 @@ class ManagedProcess:
     log_path: Path
     pid_file: Path
     popen: subprocess.Popen[bytes] = field(repr=False)
+    log_offset: int = 0  # the log file is appended to: this process's output starts here
 
     @property
     def pid(self) -> int:
@@ -361,7 +362,12 @@ class ManagedProcess:
         return self.popen.poll() is None
 
     def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.is_file() else ""
+        """What this process has written to its log so far (earlier runs' output in the same file excluded)."""
+        if not self.log_path.is_file():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode("utf-8", errors="replace")
 
     def wait_for_log(self, pattern: str, timeout: float, *, start: int = 0) -> re.Match[str]:
         """Wait until ``pattern`` (regex) appears in the log after character ``start``.
@@ -393,27 +399,74 @@ class ManagedProcess:
             raise DeployError(f"{self.name} (pid {self.pid}) still running after {timeout:.0f} s") from None
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
-        """Signal the whole process group (``sig``), then SIGKILL it after ``timeout``; remove the PID file."""
-        _signal_group(self.pid, sig)
+        """Send ``sig`` to the process tree (its group and the groups of its descendants: the SuperLink starts
+        ``flower-superexec`` in a session of its own), SIGKILL what is left after ``timeout``; drop the PID file."""
+        terminate_tree(self.pid, sig=sig, timeout=timeout)
         try:
-            rc = self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.pid, signal.SIGKILL)
             rc = self.popen.wait(timeout=10)
-        _reap_group(self.pid, timeout=5.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
+            rc = None
         self.pid_file.unlink(missing_ok=True)
         return rc
 
     def kill(self) -> None:
-        """SIGKILL the whole process group at once (a machine crash), and reap it."""
-        _signal_group(self.pid, signal.SIGKILL)
+        """SIGKILL the whole process tree at once (a machine crash)."""
+        terminate_tree(self.pid, sig=signal.SIGKILL, timeout=5.0)
         self.popen.wait(timeout=10)
-        _reap_group(self.pid, timeout=5.0)
         self.pid_file.unlink(missing_ok=True)
 
 
 def _tail(text: str, n: int = 25) -> str:
     return "\n".join(text.splitlines()[-n:])
+
+
+def _ps() -> list[tuple[int, int, int, str, str]]:
+    """``(pid, ppid, pgid, stat, args)`` of every process (``ps -ww``: full command lines)."""
+    try:
+        out = subprocess.run(
+            ["ps", "-ww", "-e", "-o", "pid=,ppid=,pgid=,stat=,args="],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise DeployError(f"cannot list processes with ps: {e}") from None
+    rows = []
+    for line in out.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) >= 4:
+            rows.append((int(parts[0]), int(parts[1]), int(parts[2]), parts[3], parts[4] if len(parts) == 5 else ""))
+    return rows
+
+
+def group_processes(pgid: int) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the live (non-zombie) processes in process group ``pgid``.
+
+    Lets a caller see, e.g., whether a SuperNode is running a ``flwr-clientapp`` (a round in progress).
+    """
+    return [(pid, args) for pid, _, g, stat, args in _ps() if g == pgid and not stat.startswith("Z")]
+
+
+def _tree_groups(root: int) -> set[int]:
+    """Process groups of ``root`` and all its live descendants."""
+    rows = _ps()
+    children: dict[int, list[int]] = {}
+    pgid_of = {}
+    for pid, ppid, pgid, stat, _ in rows:
+        if not stat.startswith("Z"):
+            children.setdefault(ppid, []).append(pid)
+            pgid_of[pid] = pgid
+    groups, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            groups.add(pgid_of[child])
+            todo.append(child)
+    return groups
+
+
+def _live_in_groups(groups: set[int]) -> bool:
+    return any(g in groups and not stat.startswith("Z") for _, _, g, stat, _ in _ps())
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -425,42 +478,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         raise DeployError(f"cannot signal process group {pgid}: {e}") from None
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-
-
-def _reap_group(pgid: int, timeout: float) -> None:
-    """Give the group's children (``flower-superexec``, app processes) ``timeout`` s to exit, then SIGKILL them."""
+def terminate_tree(root: int, *, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal the process group ``root`` (a process started by ``start_process``) and the groups of all its
+    descendants; after ``timeout`` s, SIGKILL whatever still runs in those groups."""
+    groups = _tree_groups(root)
+    for g in groups:
+        _signal_group(g, sig)
     deadline = time.monotonic() + timeout
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while _live_in_groups(groups) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _group_alive(pgid):
-        _signal_group(pgid, signal.SIGKILL)
-
-
-def group_processes(pgid: int) -> list[tuple[int, str]]:
-    """``(pid, command line)`` of the live processes in process group ``pgid`` (uses ``ps``; zombies left out).
-
-    Lets a caller see, e.g., whether a SuperNode is running a ``flwr-clientapp`` (a round in progress).
-    """
-    try:
-        out = subprocess.run(
-            ["ps", "-e", "-o", "pid=,pgid=,stat=,args="], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise DeployError(f"cannot list processes with ps: {e}") from None
-    found = []
-    for line in out.splitlines():
-        parts = line.split(None, 3)
-        if len(parts) == 4 and parts[1] == str(pgid) and not parts[2].startswith("Z"):
-            found.append((int(parts[0]), parts[3]))
-    return found
+    if _live_in_groups(groups):
+        for g in groups:
+            _signal_group(g, signal.SIGKILL)
 
 
 def start_process(
@@ -480,8 +509,9 @@ def start_process(
     log_path, pid_file = state / f"{name}.log", state / f"{name}.pid"
     if pid_file.is_file():
         old = _read_pid(pid_file)
-        if old is not None and _group_alive(old):
+        if old is not None and group_processes(old):
             raise DeployError(f"{name} already running (pid {old}, {pid_file}); stop it first")
+    offset = log_path.stat().st_size if log_path.is_file() else 0
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
             list(args),
@@ -493,7 +523,7 @@ def start_process(
             start_new_session=True,
         )
     pid_file.write_text(f"{popen.pid}\n", encoding="utf-8")
-    return ManagedProcess(name, list(args), log_path, pid_file, popen)
+    return ManagedProcess(name, list(args), log_path, pid_file, popen, offset)
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -515,9 +545,8 @@ def stop_recorded(state_dir: str | Path, names: Sequence[str] | None = None, tim
         if names is not None and name not in names:
             continue
         pid = _read_pid(pid_file)
-        if pid is not None and _group_alive(pid):
-            _signal_group(pid, signal.SIGTERM)
-            _reap_group(pid, timeout)
+        if pid is not None and group_processes(pid):
+            terminate_tree(pid, timeout=timeout)
             stopped.append(name)
         pid_file.unlink(missing_ok=True)
     return stopped
@@ -587,8 +616,12 @@ def wait_for_nodes(
     """Wait until every node in ``node_ids`` is ``online`` (``DeployError`` after ``timeout``)."""
     deadline = time.monotonic() + timeout
     want = {int(n) for n in node_ids}
+    status: dict[int, Any] = {}
     while True:
-        status = {int(n["node-id"]): n.get("status") for n in list_nodes(connection, flwr_home=flwr_home)}
+        try:
+            status = {int(n["node-id"]): n.get("status") for n in list_nodes(connection, flwr_home=flwr_home)}
+        except DeployError as e:  # the SuperLink may be (re)starting
+            status = {"error": str(e)[-300:]}  # type: ignore[dict-item]
         missing = sorted(n for n in want if status.get(n) != "online")
         if not missing:
             return

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FakeExample
 
 from fedmedlora.generate import generate, left_pad
 from fedmedlora.model import LoraSettings, attach_lora, encode_prompt, load_base_model
 from fedmedlora.train import TrainSettings, train_local
+from tinymodel import FakeExample
 
 PROMPTS = [
     "Extract drugs: Started metformin 500 mg daily.",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FakeExample
 
 from fedmedlora.adapter_io import AdapterMismatchError, get_adapter_arrays
 from fedmedlora.model import LoraSettings, attach_lora, encode_prompt, encode_target, load_base_model
@@ -19,6 +18,7 @@ from fedmedlora.train import (
     train_local,
     validation_loss,
 )
+from tinymodel import FakeExample
 
 LORA = LoraSettings(r=8, alpha=16)
 FAST = TrainSettings(learning_rate=1e-2, batch_size=2, max_steps=4, warmup_ratio=0.0, seed=7, max_length=128)
@@ -201,3 +201,13 @@ def test_grad_accum_and_epochs(tiny_model_dir, examples):
     assert result.num_input_tokens == 2 * sum(lengths)
     assert result.num_seen_tokens == 2 * result.num_train_tokens
     assert len(get_adapter_arrays(model)) == len(result.arrays)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, examples):
+    runs = []
+    for checkpointing in (False, True):
+        model, tok = _peft(tiny_model_dir)
+        settings = FAST.model_copy(update={"gradient_checkpointing": checkpointing, "max_steps": 2})
+        runs.append(train_local(model, tok, examples, settings, progress=False).losses)
+        assert not getattr(model.base_model.model, "is_gradient_checkpointing", False)
+    assert runs[0] == pytest.approx(runs[1], abs=1e-6)

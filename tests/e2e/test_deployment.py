@@ -13,7 +13,6 @@ generous because each round starts fresh ``flwr-clientapp`` processes that impor
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tinymodel import save_tiny_model
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None or shutil.which("ssh-keygen") is None, reason="needs openssl and ssh-keygen"
@@ -43,16 +44,6 @@ RUN_TIMEOUT = 900.0  # a whole 2-round run
 # ---- the tiny world (model + 3-site benchmark + coordinator validation set) -------------------------------------
 
 
-def _tiny_builders():
-    name = "_fedmedlora_adapters_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "adapters" / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def _doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str]]):
     from fedmedlora.schema import Document, Entity, LabelSet, Sentence
 
@@ -69,10 +60,7 @@ def world(tmp_path_factory) -> Path:
     from fedmedlora.jsonl import write_documents
 
     root = tmp_path_factory.mktemp("deployworld")
-    builders = _tiny_builders()
-    tok = builders.build_tiny_tokenizer()
-    builders.build_tiny_model(tok).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     for k, site in enumerate(SITES):
         (root / "bench" / site).mkdir(parents=True)
         for split, n in (("train", 2 + k), ("dev", 1)):
