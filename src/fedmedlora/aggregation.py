@@ -319,6 +319,9 @@ def weighted_mean(
     if not updates[0]:
         raise AggregationError(f"weighted_mean: update from site {names[0]} contains no tensor")
     expected = spec_of(updates[0])
+    for key, (_shape, dtype) in expected.items():
+        if np.dtype(dtype).kind != "f":  # averaging is only defined on float tensors (decode payloads first)
+            raise AggregationError(f"site {names[0]}: {key} has non-float dtype {dtype}")
     for update, name in zip(updates, names, strict=True):
         check_update(update, expected, name)
     out: dict[str, np.ndarray] = {}
