@@ -393,6 +393,7 @@ def test_hospital_down_during_a_round_then_back(deployment: Deployment, world: P
     rounds = _rounds(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert rounds[1]["sites"] == ["alpha", "beta"] and rounds[1]["failures"], rounds[1]
+    assert any(f.startswith("gamma: no valid reply") for f in rounds[1]["failures"]), rounds[1]["failures"]
     assert rounds[2]["sites"] == ["alpha", "beta"]
     assert "failed" in deployment.logs(run_id)
 

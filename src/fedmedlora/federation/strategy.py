@@ -275,6 +275,7 @@ class FedMedLoRAStrategy(FedAvg):
         self.round_offset = round_offset
         self.node_wait_timeout_s = node_wait_timeout_s
         self.compression = compression
+        self.site_names: dict[int, str] = {}  # node id -> site name, learned from earlier replies (failure logs)
         self.rounds: dict[int, RoundLog] = {}
         self.messages: list[dict[str, Any]] = []  # comm records not yet flushed by the ServerApp
         self._global: dict[str, np.ndarray] = {}
@@ -307,7 +308,19 @@ class FedMedLoRAStrategy(FedAvg):
         ids = sorted(node_ids)
         size = min(len(ids), max(int(len(ids) * self.fraction_train), self.min_train_nodes))
         rng = np.random.default_rng([self.seed, self.global_round(server_round)])
-        return sorted(int(i) for i in rng.choice(ids, size=size, replace=False))
+        # choose positions, not ids: node ids are up to 2**64 and numpy would turn them into (lossy) float64
+        return sorted(ids[int(i)] for i in rng.choice(len(ids), size=size, replace=False))
+
+    def _learn_site_names(self, grid: Grid) -> None:
+        """Node id -> the name it was registered under (Deployment Engine), to name sites that never reply."""
+        try:
+            infos = list(grid.get_nodes())
+        except Exception:
+            return
+        for info in infos:
+            name = getattr(info, "name", "")
+            if name:
+                self.site_names.setdefault(int(info.node_id), str(name))
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         start = time.monotonic()
@@ -340,6 +353,7 @@ class FedMedLoRAStrategy(FedAvg):
             self._expected_up = spec_of(encode(zeros, self.compression, error_feedback=False)[0])
         self._send_private = self.settings.rule == "fedsa" and rnd == self.num_rounds
         node_ids = self.sample(self._wait_for_nodes(grid), server_round)
+        self._learn_site_names(grid)
         cfg = ConfigRecord(dict(config))
         cfg["server-round"] = rnd
         cfg["rule"] = self.settings.rule
@@ -387,6 +401,16 @@ class FedMedLoRAStrategy(FedAvg):
                 {"round": rnd, "direction": "up", "node_id": nid, "site": reply.site, "type": "train", **info}
             )
             ok.append(reply)
+        # every sampled site without a valid reply is named (crashed nodes send nothing at all, and Flower reports
+        # a stopped node's error as coming from node 1, so the error lines above cannot name them)
+        answered = {r.node_id for r in ok}
+        for nid in rlog.sampled_node_ids:
+            if nid not in answered:
+                name = self.site_names.get(nid, f"node {nid}")
+                rlog.failures.append(f"{name}: no valid reply in round {rnd} (offline, crashed or timed out)")
+                log.warning("round %d: site %s (node %d) sent no valid reply", rnd, name, nid)
+        for r in ok:
+            self.site_names[r.node_id] = r.site
         if len(ok) < max(self.min_train_nodes, 1):
             raise RuntimeError(
                 f"round {rnd}: {len(ok)} valid site replies, {self.min_train_nodes} required; failures: {rlog.failures}"
