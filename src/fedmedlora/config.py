@@ -101,6 +101,9 @@ class EvalConfig(_Section):
         None, ge=1, description="Cap on test sentences per site (seeded), for quick runs."
     )
     split: Literal["dev", "test"] = "test"
+    merge_adapter: bool = Field(
+        True, description="Merge LoRA into the base weights while generating (faster; weights restored exactly)."
+    )
 
 
 class RunConfig(_Section):

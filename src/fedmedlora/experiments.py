@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -76,16 +77,46 @@ class Session:
         def fn(prompts: list[str]) -> list[str]:
             if not prompts:
                 return []
-            return generate(
-                self.model,
-                self.tokenizer,
-                prompts,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                batch_size=cfg.eval.batch_size,
-                use_chat_template=cfg.model.use_chat_template,
-            )
+            with self.merged(enabled=cfg.eval.merge_adapter and not cfg.model.load_in_4bit):
+                return generate(
+                    self.model,
+                    self.tokenizer,
+                    prompts,
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    batch_size=cfg.eval.batch_size,
+                    use_chat_template=cfg.model.use_chat_template,
+                )
 
         return fn
+
+    @contextmanager
+    def merged(self, enabled: bool = True) -> Iterator[None]:
+        """Fold the LoRA update into the base weights for fast inference, then restore them bit for bit.
+
+        An unmerged adapter costs extra small matmuls in every adapted layer (about 2x slower greedy decoding on a
+        CPU). PEFT's ``unmerge_adapter`` subtracts the update again, which is not exact in floating point, so the
+        adapted base weights are copied before merging and copied back afterwards: training never sees drift.
+        """
+        if not enabled or not hasattr(self.model, "merge_adapter"):
+            yield
+            return
+        import torch
+
+        with torch.no_grad():
+            saved = {
+                name: p.detach().clone()
+                for name, p in self.model.named_parameters()
+                if name.endswith("base_layer.weight")
+            }
+            self.model.merge_adapter()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                self.model.unmerge_adapter()
+                params = dict(self.model.named_parameters())
+                for name, value in saved.items():
+                    params[name].copy_(value)
 
     def train(self, examples: Sequence[Example], arrays: dict[str, np.ndarray] | None, cfg: RunConfig | None = None):
         """Train the adapter from ``arrays`` (None = the shared initial adapter) with ``cfg.train`` (default: the

@@ -40,3 +40,17 @@ def test_flower_run_config_round_trip():
     flat = cfg.to_flower_run_config()
     assert all(isinstance(v, bool | int | float | str) for v in flat.values())
     assert RunConfig.from_flower_run_config({**flat, "num-server-rounds": 3}) == cfg
+
+
+def test_pyproject_flower_config_is_the_demo_preset():
+    """`flwr run .` reads [tool.flwr.app.config]; it must resolve to the packaged demo preset (no drift)."""
+    import tomllib
+    from pathlib import Path
+
+    from flwr.common.config import flatten_dict
+
+    root = Path(__file__).parents[2]
+    app_cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    flat = flatten_dict(app_cfg)
+    assert {"num-server-rounds", "run-dir", "resume", "server-data-dir"} <= set(flat)
+    assert RunConfig.from_flower_run_config(flat) == load_config("demo")
