@@ -33,14 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
-TEXTS = [
-    ("The patient denies chest pain.", [("problem", "chest pain")]),
-    ("Started metformin 500 mg daily.", [("drug", "metformin")]),
-    ("CT of the abdomen was normal.", [("test", "CT")]),
-    ("Aspirin 81 mg daily was continued.", [("drug", "Aspirin")]),
-    ("No fever, no cough.", [("problem", "fever"), ("problem", "cough")]),
-]
-
 
 def _tiny_builders() -> Any:
     """The test suite's tiny model builders (``tests/tinymodel.py``, loaded as a plain module)."""
@@ -54,33 +46,10 @@ def _tiny_builders() -> Any:
     return module
 
 
-def _doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str]]) -> Any:
-    from fedmedlora.schema import Document, Entity, LabelSet, Sentence
-
-    entities = []
-    for j, (typ, surface) in enumerate(ents):
-        start = text.index(surface)
-        entities.append(Entity(f"T{j}", typ, start, start + len(surface), surface))
-    sent = Sentence(f"{site}-{split}-{i}:0", 0, len(text), text, tuple(entities))
-    return Document(f"{site}-{split}-{i}", site, split, text, (sent,), LabelSet())
-
-
 def build_world(root: Path, n_sites: int) -> list[str]:
     """Tiny model folder + an ``n_sites`` benchmark (4 training docs, 1 dev doc each) + server validation."""
-    from fedmedlora.jsonl import write_documents
-
-    if not (root / "model" / "config.json").is_file():
-        _tiny_builders().save_tiny_model(root / "model")
     sites = [f"site{k:02d}" for k in range(n_sites)]
-    for k, site in enumerate(sites):
-        (root / "bench" / site).mkdir(parents=True, exist_ok=True)
-        for split, n in (("train", 4), ("dev", 1)):
-            docs = [_doc(site, split, i, *TEXTS[(i + k) % len(TEXTS)]) for i in range(n)]
-            write_documents(root / "bench" / site / f"{split}.jsonl", docs)
-    (root / "bench" / "_server").mkdir(parents=True, exist_ok=True)
-    write_documents(
-        root / "bench" / "_server" / "validation.jsonl", [_doc("srv", "dev", i, *TEXTS[i]) for i in range(2)]
-    )
+    _tiny_builders().build_tiny_world(root, sites, [4] * n_sites)
     return sites
 
 

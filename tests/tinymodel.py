@@ -94,3 +94,45 @@ def save_tiny_model(out: Path, seed: int = 0) -> Path:
     build_tiny_model(tokenizer, seed=seed).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# ---- a tiny federated world: model + per-site JSONL benchmark + the coordinator's validation set ----------------
+
+TEXTS = [
+    ("The patient denies chest pain.", [("problem", "chest pain")]),
+    ("Started metformin 500 mg daily.", [("drug", "metformin")]),
+    ("CT of the abdomen was normal.", [("test", "CT")]),
+    ("Aspirin 81 mg daily was continued.", [("drug", "Aspirin")]),
+    ("No fever, no cough.", [("problem", "fever"), ("problem", "cough")]),
+]
+
+
+def make_doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str]]):
+    """A one-sentence document of ``site`` annotating the surface strings ``ents`` (first occurrence each)."""
+    from fedmedlora.schema import Document, Entity, LabelSet, Sentence
+
+    entities = []
+    for j, (typ, surface) in enumerate(ents):
+        start = text.index(surface)
+        entities.append(Entity(f"T{j}", typ, start, start + len(surface), surface))
+    sent = Sentence(f"{site}-{split}-{i}:0", 0, len(text), text, tuple(entities))
+    return Document(f"{site}-{split}-{i}", site, split, text, (sent,), LabelSet())
+
+
+def build_tiny_world(root: Path, sites: list[str], train_docs: list[int]) -> Path:
+    """``root/model`` (tiny Llama) + ``root/bench/<site>/{train,dev}.jsonl`` (``train_docs[k]`` training documents
+    at site k, one dev document) + ``root/bench/_server/validation.jsonl``. Returns ``root``."""
+    from fedmedlora.jsonl import write_documents
+
+    if not (root / "model" / "config.json").is_file():
+        save_tiny_model(root / "model")
+    for k, site in enumerate(sites):
+        (root / "bench" / site).mkdir(parents=True, exist_ok=True)
+        for split, n in (("train", train_docs[k]), ("dev", 1)):
+            docs = [make_doc(site, split, i, *TEXTS[(i + k) % len(TEXTS)]) for i in range(n)]
+            write_documents(root / "bench" / site / f"{split}.jsonl", docs)
+    (root / "bench" / "_server").mkdir(parents=True, exist_ok=True)
+    write_documents(
+        root / "bench" / "_server" / "validation.jsonl", [make_doc("srv", "dev", i, *TEXTS[i]) for i in range(2)]
+    )
+    return root

@@ -12,48 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymodel import save_tiny_model
+from tinymodel import build_tiny_world
 
 pytestmark = pytest.mark.slow
 
 SITES = ["alpha", "beta", "gamma"]
-TEXTS = [
-    ("The patient denies chest pain.", [("problem", "chest pain")]),
-    ("Started metformin 500 mg daily.", [("drug", "metformin")]),
-    ("CT of the abdomen was normal.", [("test", "CT")]),
-    ("Aspirin 81 mg daily was continued.", [("drug", "Aspirin")]),
-    ("No fever, no cough.", [("problem", "fever"), ("problem", "cough")]),
-]
-
-
-def _doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str]]):
-    from fedmedlora.schema import Document, Entity, LabelSet, Sentence
-
-    entities = []
-    for j, (typ, surface) in enumerate(ents):
-        start = text.index(surface)
-        entities.append(Entity(f"T{j}", typ, start, start + len(surface), surface))
-    sent = Sentence(f"{site}-{split}-{i}:0", 0, len(text), text, tuple(entities))
-    return Document(f"{site}-{split}-{i}", site, split, text, (sent,), LabelSet())
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """A tiny model folder and a 3-site benchmark (sites of different sizes) + the coordinator's validation set."""
-    from fedmedlora.jsonl import write_documents
-
-    root = tmp_path_factory.mktemp("fedworld")
-    save_tiny_model(root / "model")
-    for k, site in enumerate(SITES):
-        (root / "bench" / site).mkdir(parents=True)
-        for split, n in (("train", 2 + k), ("dev", 1)):
-            docs = [_doc(site, split, i, *TEXTS[(i + k) % len(TEXTS)]) for i in range(n)]
-            write_documents(root / "bench" / site / f"{split}.jsonl", docs)
-    (root / "bench" / "_server").mkdir()
-    write_documents(
-        root / "bench" / "_server" / "validation.jsonl", [_doc("srv", "dev", i, *TEXTS[i]) for i in range(2)]
-    )
-    return root
+    return build_tiny_world(tmp_path_factory.mktemp("fedworld"), SITES, [2, 3, 4])
 
 
 def _cfg(world: Path, rule: str = "fedmedlora", rounds: int = 2, *extra: str):
