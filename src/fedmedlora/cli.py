@@ -50,6 +50,22 @@ def _resolve(config: str | Path | None, sets: list[str] | None, **fields):
         raise _fail(str(e)) from None
 
 
+def _json_fields(items: list[str] | None) -> dict:
+    """``key=value`` items into a dict, values parsed as JSON when they parse (else kept as strings)."""
+    import json
+
+    fields: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"{item!r}: expected key=value")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    return fields
+
+
 def _user_errors():
     """Errors that are the user's input, reported as one line instead of a traceback."""
     from fedmedlora.config import ConfigError
@@ -315,6 +331,9 @@ def study(
     ),
     external: list[str] = typer.Option(None, "--external", help="Evaluation-only site(s) never trained on."),
     encoder: bool = typer.Option(False, "--encoder/--no-encoder", help="Add the encoder (BERT-style) baseline rows."),
+    encoder_set: list[str] = typer.Option(
+        None, "--encoder-set", help="Encoder baseline setting, e.g. --encoder-set epochs=4 (value parsed as JSON)."
+    ),
     skip: list[str] = typer.Option(None, "--skip", help="zero_shot | single_site | centralized | new_site"),
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
@@ -332,6 +351,7 @@ def study(
             fed_methods=method or ("fedmedlora", "fedmedlora+"),
             external=external or None,
             encoder=encoder,
+            encoder_settings=_json_fields(encoder_set),
             skip=skip or (),
         )
     except _user_errors() as e:
@@ -357,20 +377,10 @@ def encoder(
     benchmark: Path = BenchOpt,
 ) -> None:
     """Train and score the BERT-style token-classification baseline (NER + modifier tagging)."""
-    import json as _json
-
     from fedmedlora.encoder.model import EncoderLoadError
     from fedmedlora.encoder.train import run_encoder_setting
 
-    fields: dict = {}
-    for item in sets or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise _fail(f"--set {item!r}: expected key=value")
-        try:
-            fields[key] = _json.loads(value)
-        except _json.JSONDecodeError:
-            fields[key] = value
+    fields = _json_fields(sets)
     try:
         res = run_encoder_setting(setting, benchmark, site or None, eval_site or None, fields, out)
     except (*_user_errors(), EncoderLoadError) as e:

@@ -24,12 +24,21 @@ import numpy as np
 from fedmedlora.benchmark import Benchmark, load_benchmark
 from fedmedlora.config import RunConfig
 from fedmedlora.extract import ExtractionStats, extract_sentences
-from fedmedlora.metrics import Evaluation, Relation, relations_from_sentence
+from fedmedlora.metrics import score_sentences
 from fedmedlora.prompts import Example, build_examples
 from fedmedlora.runs import RunDir
 from fedmedlora.schema import Document, LabelSet, Sentence
 
 Setting = Literal["zero_shot", "single_site", "centralized", "adapt", "local_only"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (monotonic: training's peak, then evaluation's)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def open_benchmark(cfg: RunConfig) -> Benchmark:
@@ -210,7 +219,7 @@ def evaluate_arrays(
         _, items = eval_items(bench, site, cfg)
         stats = ExtractionStats()
         preds = extract_sentences(items, gen, fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold", stats=stats)
-        ev = score_predictions(items, preds, cfg.data.tasks)
+        ev = score_sentences(items, preds, cfg.data.tasks)
         out[site] = {
             "metrics": ev.to_dict(),
             "parse": stats.to_dict(),
@@ -218,21 +227,6 @@ def evaluate_arrays(
             "seconds": round(time.perf_counter() - t0, 2),
         }
     return out
-
-
-def score_predictions(
-    items: Sequence[tuple[Sentence, LabelSet]], preds: Sequence[Sentence], tasks: Sequence[str]
-) -> Evaluation:
-    """Score predicted sentences against gold under each sentence's label set (RE with gold heads)."""
-    ev = Evaluation()
-    for (gold, ls), pred in zip(items, preds, strict=True):
-        if "ner" in tasks and ls.sorted_entities():
-            ev.add_ner([e.span for e in gold.entities], [e.span for e in pred.entities], ls)
-        if "re" in tasks and ls.has_relations:
-            heads = {e.id: e.span for e in gold.entities}
-            pred_rel = [Relation(heads[m.head], m.span) for m in pred.modifiers if m.head in heads]
-            ev.add_re(relations_from_sentence(gold), pred_rel, ls)
-    return ev
 
 
 def write_eval(run: RunDir, name: str, results: dict[str, dict[str, Any]]) -> None:
@@ -302,6 +296,7 @@ def run_setting(
                 "train_loss": result.train_loss,
                 "steps": result.steps,
                 "seconds": round(time.perf_counter() - t0, 2),
+                "peak_rss_mb": peak_rss_mb(),
             },
         )
         session.set_arrays(arrays)
@@ -312,7 +307,8 @@ def run_setting(
                 setting=setting, sites=sites, format=cfg.data.format, use_chat_template=cfg.model.use_chat_template
             ),
         )
+    t0 = time.perf_counter()
     results = evaluate_arrays(session, arrays, bench, eval_sites, cfg)
     write_eval(run, "test", results)
-    run.finish()
+    run.finish(eval_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=peak_rss_mb())
     return run

@@ -386,3 +386,44 @@ def combine(per_site: Mapping[str, Evaluation], total: str = "all") -> dict[str,
         acc += ev
     out[total] = acc
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scoring predicted sentences (shared by the LLM and the encoder paths)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def score_sentence(
+    ev: Evaluation,
+    gold: Sentence,
+    pred: Sentence,
+    label_set: LabelSet,
+    tasks: Sequence[str] = TASKS,
+    heads: str = "gold",
+) -> None:
+    """Add one predicted sentence to ``ev`` under the site's label set.
+
+    NER compares entity spans. RE compares ``(head, modifier)`` relations; a predicted modifier's ``head`` id is
+    resolved against the gold entities (``heads="gold"``: the paper's protocol, heads given) or the predicted ones
+    (``heads="predicted"``: end to end, so a wrong head makes the relation wrong).
+    """
+    if "ner" in tasks and label_set.sorted_entities():
+        ev.add_ner([e.span for e in gold.entities], [e.span for e in pred.entities], label_set)
+    if "re" in tasks and label_set.has_relations:
+        head_src = gold.entities if heads == "gold" else pred.entities
+        head_span = {e.id: e.span for e in head_src}
+        predicted = [Relation(head_span[m.head], m.span) for m in pred.modifiers if m.head in head_span]
+        ev.add_re(relations_from_sentence(gold), predicted, label_set)
+
+
+def score_sentences(
+    items: Sequence[tuple[Sentence, LabelSet]],
+    preds: Sequence[Sentence],
+    tasks: Sequence[str] = TASKS,
+    heads: str = "gold",
+) -> Evaluation:
+    """Score predicted sentences against ``(gold sentence, label set)`` pairs; see ``score_sentence``."""
+    ev = Evaluation()
+    for (gold, label_set), pred in zip(items, preds, strict=True):
+        score_sentence(ev, gold, pred, label_set, tasks, heads)
+    return ev

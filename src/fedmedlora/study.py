@@ -20,6 +20,7 @@ Writes ``<out>/study.md``, ``study.csv``, ``study.json``, ``plots/*.png`` and on
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ def run_study(
     fed_methods: Sequence[str] = ("fedmedlora", "fedmedlora+"),
     external: Sequence[str] | None = None,
     encoder: bool = False,
+    encoder_settings: dict[str, Any] | None = None,
     skip: Sequence[str] = (),
     progress=print,
 ) -> dict[str, Any]:
@@ -60,6 +62,7 @@ def run_study(
         external: extra evaluation-only sites of the benchmark (never trained on); default: the benchmark's
             ``external`` sites.
         encoder: add encoder-baseline rows (single-site, centralized, federated full / LoRA).
+        encoder_settings: ``fedmedlora.encoder.train.EncoderSettings`` fields for those rows.
         skip: settings to leave out (``zero_shot``, ``single_site``, ``centralized``, ``new_site``).
     """
     from fedmedlora.experiments import Session, evaluate_arrays, open_benchmark, run_setting, write_eval
@@ -92,7 +95,11 @@ def run_study(
     extras: dict[str, dict[str, Any]] = {}
     fed_rounds: dict[str, list[dict[str, Any]]] = {}
 
-    def local(name: str, setting: str, run_cfg: RunConfig, **kw: Any) -> RunDir:
+    def local(name: str, setting: str, run_cfg: RunConfig, **kw: Any) -> None:
+        if _reuse(out / name, run_cfg, name, results, extras, progress):
+            return
+        if (out / name).exists():
+            shutil.rmtree(out / name)  # an incomplete or differently configured run: start it again
         progress(f"[study] {name}")
         t0 = time.perf_counter()
         run = run_setting(setting, run_cfg, out / name, session=session, command=f"study:{setting}", **kw)
@@ -102,7 +109,7 @@ def run_study(
             "train steps": sum(r.get("steps", 0) for r in recs),
             "minutes": round((time.perf_counter() - t0) / 60, 1),
         }
-        return run
+        run.write_json("study_row.json", extras[name])
 
     if "zero_shot" not in skip:
         local("zero-shot", "zero_shot", cfg, eval_sites=eval_sites)
@@ -116,12 +123,17 @@ def run_study(
     fed_dirs: dict[str, Path] = {}
     for rule in fed_methods:
         name = FED_METHODS[rule]
-        progress(f"[study] {name}")
-        t0 = time.perf_counter()
         fcfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"strategy": rule})})
         fed_dir = out / name.lower().replace("+", "-plus")
-        result = run_federation(fcfg, fed_dir)
         fed_dirs[rule] = fed_dir
+        if _reuse(fed_dir, fcfg, name, results, extras, progress):
+            fed_rounds[name] = RunDir(fed_dir).read_jsonl("rounds.jsonl")
+            continue
+        if fed_dir.exists():
+            shutil.rmtree(fed_dir)  # an incomplete or differently configured run: start it again
+        progress(f"[study] {name}")
+        t0 = time.perf_counter()
+        result = run_federation(fcfg, fed_dir)
         run = RunDir(fed_dir)
         evals = evaluate_arrays(session, result.arrays, bench, eval_sites, fcfg)
         write_eval(run, "test", evals)
@@ -134,6 +146,7 @@ def run_study(
             "MB per round (all sites, up+down)": round(max(per_round) / 1e6, 2) if per_round else 0,
             "minutes": round((time.perf_counter() - t0) / 60, 1),
         }
+        run.write_json("study_row.json", extras[name])
 
     if new_site and "new_site" not in skip:
         base_rule = "fedmedlora" if "fedmedlora" in fed_dirs else next(iter(fed_dirs), None)
@@ -154,7 +167,9 @@ def run_study(
         from fedmedlora.encoder.study import encoder_rows
 
         progress("[study] encoder baseline")
-        enc_results, enc_extras = encoder_rows(cfg, bench, train_sites, eval_sites, out / "encoder")
+        enc_results, enc_extras = encoder_rows(
+            cfg, bench, train_sites, eval_sites, out / "encoder", settings=encoder_settings
+        )
         results.update(enc_results)
         extras.update(enc_extras)
 
@@ -183,6 +198,32 @@ def run_study(
     )
     study.finish(minutes=round((time.perf_counter() - t_start) / 60, 1))
     return {"rows": rows, "extras": extras, "markdown": md}
+
+
+def _reuse(
+    run_path: Path,
+    run_cfg: RunConfig,
+    name: str,
+    results: dict[str, Any],
+    extras: dict[str, Any],
+    progress,
+) -> bool:
+    """Reuse a finished run of the same configuration (an interrupted or extended study continues where it was)."""
+    from fedmedlora.config import ConfigError, load_config
+
+    needed = [run_path / "config.yaml", run_path / "eval" / "test.json", run_path / "study_row.json"]
+    if not all(p.is_file() for p in needed):
+        return False
+    try:
+        if load_config(run_path / "config.yaml") != run_cfg:
+            return False
+    except ConfigError:
+        return False
+    run = RunDir(run_path)
+    results[name] = run.read_json("eval/test.json")
+    extras[name] = run.read_json("study_row.json")
+    progress(f"[study] {name}: reusing the finished run in {run_path}")
+    return True
 
 
 def load_study(out: str | Path) -> dict[str, Any]:

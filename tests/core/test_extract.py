@@ -39,9 +39,9 @@ def oracle(fmt: str):
 
 
 def score(preds, items):
-    from fedmedlora.experiments import score_predictions
+    from fedmedlora.metrics import score_sentences
 
-    return score_predictions(items, preds, ("ner", "re"))
+    return score_sentences(items, preds, ("ner", "re"))
 
 
 @pytest.mark.parametrize("fmt", ["html", "json"])

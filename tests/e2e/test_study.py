@@ -43,8 +43,15 @@ def study_dir(tmp_path_factory) -> Path:
             "federation.round_eval_sentences=2",
         ]
     )
+    enc = {"epochs": 1, "rounds": 1, "local_epochs": 1, "max_train_sentences": 6, "batch_size": 4}
     clear_caches()
-    run_study(cfg, root / "out", progress=lambda *_: None)
+    run_study(cfg, root / "out", encoder=True, encoder_settings=enc, progress=lambda *_: None)
+    first = (root / "out" / "study.csv").read_text()
+    # a second call reuses every finished run of the same configuration and rebuilds the same table
+    messages: list[str] = []
+    run_study(cfg, root / "out", encoder=True, encoder_settings=enc, progress=messages.append)
+    assert all("reusing" in m for m in messages if m.startswith("[study]") and "encoder" not in m), messages
+    assert (root / "out" / "study.csv").read_text() == first
     clear_caches()
     return root / "out"
 
@@ -91,7 +98,18 @@ def test_federated_runs_log_rounds_weights_and_bytes(study_dir: Path) -> None:
 
 def test_comparison_table_and_plots(study_dir: Path) -> None:
     md = (study_dir / "study.md").read_text()
-    for row in ("zero-shot", "single-site (phee)", "centralized", "Fed-MedLoRA", "Fed-MedLoRA+", "adapted to"):
+    for row in (
+        "zero-shot",
+        "single-site (phee)",
+        "centralized",
+        "Fed-MedLoRA",
+        "Fed-MedLoRA+",
+        "adapted to",
+        "encoder single-site (chia)",
+        "encoder centralized",
+        "encoder federated-full",
+        "encoder federated-lora",
+    ):
         assert row in md, row
     rows = list(csv.DictReader((study_dir / "study.csv").open()))
     groups = {r["group"] for r in rows}
@@ -103,3 +121,10 @@ def test_comparison_table_and_plots(study_dir: Path) -> None:
             assert r[col] == "" or 0.0 <= float(r[col]) <= 1.0
     for png in ("weights_per_round.png", "bytes_per_round.png", "val_loss_per_round.png", "f1_per_round.png"):
         assert (study_dir / "plots" / png).stat().st_size > 1000, png
+
+
+def test_encoder_rows_report_bytes_per_round(study_dir: Path) -> None:
+    extras = json.loads((study_dir / "study.json").read_text())["extras"]
+    full = extras["encoder federated-full"]["MB per round (all sites, up+down)"]
+    lora = extras["encoder federated-lora"]["MB per round (all sites, up+down)"]
+    assert 0 < lora < full

@@ -618,25 +618,11 @@ def score_sentence(
     heads: Literal["gold", "predicted"] = "gold",
     site: str = "",
 ) -> None:
-    """Add one sentence to a ``fedmedlora.metrics.Evaluation`` exactly as the LLM path does.
+    """Add one sentence to a ``fedmedlora.metrics.Evaluation`` exactly as the LLM path does
+    (``fedmedlora.metrics.score_sentence``); ``site`` is accepted for call-site symmetry."""
+    from fedmedlora.metrics import score_sentence as _score
 
-    Uses ``Evaluation.add_sentence`` when the metrics module provides it (the shared entry point); otherwise
-    NER spans go to ``add_ner`` and relations to ``add_re``, with predicted modifiers' heads resolved against the
-    gold entities (``heads="gold"``) or the predicted ones (``heads="predicted"``).
-    """
-    if hasattr(ev, "add_sentence"):
-        ev.add_sentence(gold, pred, label_set, site=site, tasks=list(tasks))
-        return
-    from fedmedlora.metrics import relations_from_sentence
-
-    ev.add_ner([e.span for e in gold.entities], [e.span for e in pred.entities], label_set)
-    if "re" in tasks and label_set.has_relations:
-        head_src = gold.entities if heads == "gold" else pred.entities
-        hmap = {e.id: e.span for e in head_src}
-        from fedmedlora.metrics import Relation
-
-        prel = sorted(Relation(hmap[m.head], m.span) for m in pred.modifiers if m.head in hmap)
-        ev.add_re(relations_from_sentence(gold), prel, label_set)
+    _score(ev, gold, pred, label_set, tasks, heads)
 
 
 def _evaluate(

@@ -112,14 +112,14 @@ def server_round_scorer(cfg: RunConfig, data_dir: Path, session: Any) -> Callabl
         items = [items[i] for i in sorted(rng.sample(range(len(items)), n))]
 
     def score(arrays: dict) -> dict[str, float]:
-        from fedmedlora.experiments import score_predictions
         from fedmedlora.extract import extract_sentences
+        from fedmedlora.metrics import score_sentences
 
         session.set_arrays(arrays)
         preds = extract_sentences(
             items, session.generate_fn(cfg), fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold"
         )
-        ev = score_predictions(items, preds, cfg.data.tasks)
+        ev = score_sentences(items, preds, cfg.data.tasks)
         out: dict[str, float] = {"val_sentences": float(len(items))}
         for task in cfg.data.tasks:
             if ev.n_instances.get(task):
