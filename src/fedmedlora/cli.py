@@ -330,7 +330,9 @@ def study(
         None, "--method", help="Federated methods: fedmedlora, fedmedlora+, fedsa, ffa (default: the first two)."
     ),
     external: list[str] = typer.Option(None, "--external", help="Evaluation-only site(s) never trained on."),
-    encoder: bool = typer.Option(False, "--encoder/--no-encoder", help="Add the encoder (BERT-style) baseline rows."),
+    encoder: bool = typer.Option(
+        None, "--encoder/--no-encoder", help="Add the encoder (BERT-style) baseline rows (default: study.encoder)."
+    ),
     encoder_set: list[str] = typer.Option(
         None, "--encoder-set", help="Encoder baseline setting, e.g. --encoder-set epochs=4 (value parsed as JSON)."
     ),
@@ -350,8 +352,8 @@ def study(
             out,
             fed_methods=method or ("fedmedlora", "fedmedlora+"),
             external=external or None,
-            encoder=encoder,
-            encoder_settings=_json_fields(encoder_set),
+            encoder=cfg.study.encoder if encoder is None else encoder,
+            encoder_settings={**cfg.study.encoder_settings, **_json_fields(encoder_set)},
             skip=skip or (),
         )
     except _user_errors() as e:

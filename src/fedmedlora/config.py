@@ -106,6 +106,13 @@ class EvalConfig(_Section):
     )
 
 
+class StudyConfig(_Section):
+    encoder: bool = Field(False, description="Add the encoder (BERT-style) baseline rows to the study table.")
+    encoder_settings: dict[str, Any] = Field(
+        default_factory=dict, description="fedmedlora.encoder.train.EncoderSettings fields for those rows."
+    )
+
+
 class RunConfig(_Section):
     name: str = "run"
     seed: int = 13
@@ -115,6 +122,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
 
     @field_validator("name")
     @classmethod
