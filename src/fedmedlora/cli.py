@@ -38,12 +38,14 @@ def _fail(message: str) -> typer.Exit:
 
 def _resolve(config: str | Path | None, sets: list[str] | None, **fields):
     """Defaults <- YAML <- --set overrides <- explicit command options (non-None only)."""
+    import json
+
     from fedmedlora.config import ConfigError, load_config
 
     overrides = list(sets or [])
     for key, value in fields.items():
-        if value is not None:
-            overrides.append(f"{key}={value}")
+        if value is not None:  # explicit options are taken verbatim (a path is never re-parsed as YAML)
+            overrides.append(f"{key}={json.dumps(str(value))}")
     try:
         return load_config(config, overrides)
     except ConfigError as e:
@@ -170,6 +172,8 @@ def train(
     from fedmedlora.experiments import run_setting
 
     cfg = _resolve(config, sets, **{"data.benchmark": benchmark})
+    if init_adapter is not None:
+        cfg = _with_adapter_prompting(cfg, init_adapter)
     valid = ("zero_shot", "single_site", "centralized", "adapt", "local_only")
     if setting not in valid:
         raise _fail(f"--setting: {setting!r} is not one of {', '.join(valid)}")
@@ -200,7 +204,7 @@ def adapt(
     """Adapt a (federated) adapter to a new low-resource site with its few training documents."""
     from fedmedlora.experiments import run_setting
 
-    cfg = _resolve(config, sets, **{"data.benchmark": benchmark})
+    cfg = _with_adapter_prompting(_resolve(config, sets, **{"data.benchmark": benchmark}), adapter)
     try:
         run = run_setting(
             "adapt",
@@ -239,18 +243,31 @@ def evaluate(
 
 
 def _with_adapter_prompting(cfg, adapter: Path):
-    """Use the prompt format / chat-template choice the adapter was trained with (from its fedmedlora.json)."""
+    """Use what the adapter was trained with: its LoRA shape (``adapter_config.json``: r, alpha, target modules) and
+    its prompt format / chat-template choice (``fedmedlora.json``), so training and inference cannot drift apart."""
+    import json
+
     from fedmedlora.adapter_io import read_adapter_meta
 
     try:
-        meta = read_adapter_meta(adapter).get("meta", {})
-    except (FileNotFoundError, ValueError) as e:
+        meta = read_adapter_meta(adapter)
+        peft_cfg = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
         raise _fail(f"{adapter}: not an adapter folder ({e})") from None
+    meta = meta.get("meta", meta)
     update = {}
     if "format" in meta:
         update["data"] = cfg.data.model_copy(update={"format": meta["format"]})
     if "use_chat_template" in meta:
         update["model"] = cfg.model.model_copy(update={"use_chat_template": meta["use_chat_template"]})
+    targets = peft_cfg.get("target_modules")
+    update["lora"] = cfg.lora.model_copy(
+        update={
+            "r": int(peft_cfg.get("r", cfg.lora.r)),
+            "alpha": int(peft_cfg.get("lora_alpha", cfg.lora.alpha)),
+            "target_modules": sorted(targets) if isinstance(targets, list | set | tuple) else cfg.lora.target_modules,
+        }
+    )
     return cfg.model_copy(update=update)
 
 
@@ -299,6 +316,7 @@ def fed_run(
     """Run a federation in-process: the real ServerApp + one ClientApp per site (see docs/federation.md)."""
     from fedmedlora.federation.server_app import ResumeError
     from fedmedlora.federation.simulation import run_federation
+    from fedmedlora.federation.strategy import FederationError
 
     cfg = _resolve(config, sets, **{"data.benchmark": benchmark})
     try:
@@ -311,7 +329,7 @@ def fed_run(
             bench = open_benchmark(cfg)
             results = evaluate_arrays(get_session(cfg), result.arrays, bench, list(bench.sites))
             write_eval(RunDir(out), "test", results)
-    except (*_user_errors(), ResumeError) as e:
+    except (*_user_errors(), ResumeError, FederationError) as e:
         raise _fail(str(e)) from None
     last = result.rounds[-1] if result.rounds else {}
     typer.echo(
@@ -343,9 +361,14 @@ def study(
 ) -> None:
     """Run zero-shot, single-site, centralized, Fed-MedLoRA and Fed-MedLoRA+ (+ new-site adaptation) and write
     one comparison table (study.md / .csv / .json) and plots."""
+    from fedmedlora.encoder.model import EncoderLoadError
+    from fedmedlora.federation.strategy import FederationError
     from fedmedlora.study import run_study
 
     cfg = _resolve(config, sets, **{"data.benchmark": benchmark})
+    bad = sorted(set(skip or ()) - {"zero_shot", "single_site", "centralized", "new_site"})
+    if bad:
+        raise _fail(f"--skip: {bad} not among zero_shot, single_site, centralized, new_site")
     try:
         res = run_study(
             cfg,
@@ -356,7 +379,7 @@ def study(
             encoder_settings={**cfg.study.encoder_settings, **_json_fields(encoder_set)},
             skip=skip or (),
         )
-    except _user_errors() as e:
+    except (*_user_errors(), EncoderLoadError, FederationError) as e:
         raise _fail(str(e)) from None
     typer.echo(res["markdown"])
     typer.echo(f"study folder: {out}")

@@ -115,7 +115,7 @@ class StudyConfig(_Section):
 
 class RunConfig(_Section):
     name: str = "run"
-    seed: int = 13
+    seed: int = Field(13, ge=0)
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -186,7 +186,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=20")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 PRESETS_DIR = Path(__file__).parent / "configs"

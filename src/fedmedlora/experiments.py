@@ -188,12 +188,16 @@ def eval_items(bench: Benchmark, site: str, cfg: RunConfig) -> tuple[list[Docume
     """The (seeded, capped) evaluation sentences of a site's ``eval.split``."""
     docs = bench.load(site, cfg.eval.split)
     items = [(s, d.label_set) for d in docs for s in d.sentences]
-    cap = cfg.eval.max_sentences
-    if cap is not None and len(items) > cap:
-        rng = random.Random(f"{cfg.seed}:{site}:eval")
-        keep = sorted(rng.sample(range(len(items)), cap))
-        items = [items[i] for i in keep]
-    return docs, items
+    return docs, sample_eval(items, cfg.eval.max_sentences, cfg.seed, site)
+
+
+def sample_eval(items: list, cap: int | None, seed: int, site: str) -> list:
+    """The seeded evaluation sample of a site (``cap`` items in document order): every model, the LLM and the
+    encoder baseline alike, is scored on exactly the same sentences."""
+    if cap is None or len(items) <= cap:
+        return items
+    keep = sorted(random.Random(f"{seed}:{site}:eval").sample(range(len(items)), cap))
+    return [items[i] for i in keep]
 
 
 def evaluate_arrays(
@@ -259,7 +263,6 @@ def run_setting(
         init_adapter: adapter folder to start from (``adapt``).
         session: reuse a loaded model (the study command runs many settings in one process).
     """
-    from fedmedlora.adapter_io import load_adapter_arrays, save_adapter
 
     bench = open_benchmark(cfg)
     if sites is None:
@@ -273,7 +276,29 @@ def run_setting(
     for s in [*sites, *eval_sites]:
         if s not in bench.sites:
             raise ValueError(f"unknown site {s!r}; the benchmark has {sorted(bench.sites)}")
+    if (Path(out_dir) / "run.json").is_file():
+        raise ValueError(f"{out_dir} already holds a run (run.json); choose a new --out folder")
     run = RunDir(out_dir, cfg, command=command, setting=setting, sites=sites, eval_sites=eval_sites)
+    try:
+        _run_setting(run, setting, cfg, bench, sites, eval_sites, init_adapter, session)
+    except BaseException as e:
+        run.finish("failed", error=f"{type(e).__name__}: {e}"[:500])
+        raise
+    return run
+
+
+def _run_setting(
+    run: RunDir,
+    setting: Setting,
+    cfg: RunConfig,
+    bench: Benchmark,
+    sites: list[str],
+    eval_sites: list[str],
+    init_adapter: str | Path | None,
+    session: Session | None,
+) -> None:
+    from fedmedlora.adapter_io import load_adapter_arrays, save_adapter
+
     session = session or Session.load(cfg)
     arrays = None
     if init_adapter is not None:
@@ -311,4 +336,3 @@ def run_setting(
     results = evaluate_arrays(session, arrays, bench, eval_sites, cfg)
     write_eval(run, "test", results)
     run.finish(eval_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=peak_rss_mb())
-    return run

@@ -12,6 +12,7 @@ the entities predicted by the NER pass (``heads="predicted"``, end-to-end extrac
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -142,17 +143,20 @@ def read_notes(paths: Sequence[Path]) -> list[tuple[str, str]]:
         if not p.is_file():
             raise NotesError(f"{p}: no such file")
         if p.suffix == ".jsonl":
-            with p.open(encoding="utf-8", newline="") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise NotesError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                        raise NotesError(f"{p}:{n}: text: expected an object with a string 'text' field")
-                    notes.append((str(obj.get("id", f"{p.stem}-{n}")), obj["text"]))
+            try:
+                lines = p.read_text(encoding="utf-8").split("\n")
+            except UnicodeDecodeError as e:
+                raise NotesError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise NotesError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                    raise NotesError(f"{p}:{n}: text: expected an object with a string 'text' field")
+                notes.append((str(obj.get("id", f"{p.stem}-{n}")), obj["text"]))
         else:
             try:
                 with p.open(encoding="utf-8", newline="") as f:  # keep CR so offsets match the file
@@ -160,6 +164,21 @@ def read_notes(paths: Sequence[Path]) -> list[tuple[str, str]]:
             except UnicodeDecodeError as e:
                 raise NotesError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return notes
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+
+
+def check_note_ids(notes: Sequence[tuple[str, str]], paths: Sequence[Path]) -> None:
+    """Note ids become output ids and BRAT file names: they must be unique and path-safe (checked before any model
+    is loaded, so a bad input never leaves half-written output)."""
+    seen: set[str] = set()
+    for note_id, _ in notes:
+        if not _SAFE_ID.match(note_id):
+            raise NotesError(f"note id {note_id!r} (from {', '.join(map(str, paths))}): use letters, digits, . _ + -")
+        if note_id in seen:
+            raise NotesError(f"note id {note_id!r} occurs twice in {', '.join(map(str, paths))}; ids must be unique")
+        seen.add(note_id)
 
 
 def to_output_record(doc: Document) -> dict:
@@ -232,7 +251,9 @@ def extract_notes(
     from fedmedlora.schema import ENTITY_TYPES, MODIFIER_TYPES
 
     label_set = LabelSet(frozenset(entities or ENTITY_TYPES), frozenset(modifiers or MODIFIER_TYPES))
-    docs = notes_to_documents(read_notes(paths), label_set)
+    notes = read_notes(paths)
+    check_note_ids(notes, paths)
+    docs = notes_to_documents(notes, label_set)
     session = Session.load(cfg)
     session.set_arrays(load_adapter_arrays(adapter) if adapter is not None else None)
     items = [(s, d.label_set) for d in docs for s in d.sentences]

@@ -97,9 +97,7 @@ class RunDir:
 
 
 def _jsonable(o: Any) -> Any:
-    if hasattr(o, "item"):  # numpy scalars
-        return o.item()
-    if hasattr(o, "tolist"):
+    if hasattr(o, "tolist"):  # numpy arrays and scalars (a 0-d value becomes a Python number)
         return o.tolist()
     if isinstance(o, set | frozenset | tuple):
         return sorted(o) if isinstance(o, set | frozenset) else list(o)

@@ -96,7 +96,8 @@ def run_study(
     fed_rounds: dict[str, list[dict[str, Any]]] = {}
 
     def local(name: str, setting: str, run_cfg: RunConfig, **kw: Any) -> None:
-        if _reuse(out / name, run_cfg, name, results, extras, progress):
+        what = {"eval_sites": list(kw.get("eval_sites") or []), "init_adapter": str(kw.get("init_adapter") or "")}
+        if _reuse(out / name, run_cfg, name, results, extras, progress, what):
             return
         if (out / name).exists():
             shutil.rmtree(out / name)  # an incomplete or differently configured run: start it again
@@ -109,7 +110,7 @@ def run_study(
             "train steps": sum(r.get("steps", 0) for r in recs),
             "minutes": round((time.perf_counter() - t0) / 60, 1),
         }
-        run.write_json("study_row.json", extras[name])
+        run.write_json("study_row.json", {**extras[name], "_reuse_key": what})
 
     if "zero_shot" not in skip:
         local("zero-shot", "zero_shot", cfg, eval_sites=eval_sites)
@@ -126,7 +127,8 @@ def run_study(
         fcfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"strategy": rule})})
         fed_dir = out / name.lower().replace("+", "-plus")
         fed_dirs[rule] = fed_dir
-        if _reuse(fed_dir, fcfg, name, results, extras, progress):
+        what = {"eval_sites": list(eval_sites), "init_adapter": ""}
+        if _reuse(fed_dir, fcfg, name, results, extras, progress, what):
             fed_rounds[name] = RunDir(fed_dir).read_jsonl("rounds.jsonl")
             continue
         if fed_dir.exists():
@@ -146,7 +148,7 @@ def run_study(
             "MB per round (all sites, up+down)": round(max(per_round) / 1e6, 2) if per_round else 0,
             "minutes": round((time.perf_counter() - t0) / 60, 1),
         }
-        run.write_json("study_row.json", extras[name])
+        run.write_json("study_row.json", {**extras[name], "_reuse_key": what})
 
     if new_site and "new_site" not in skip:
         base_rule = "fedmedlora" if "fedmedlora" in fed_dirs else next(iter(fed_dirs), None)
@@ -207,8 +209,10 @@ def _reuse(
     results: dict[str, Any],
     extras: dict[str, Any],
     progress,
+    what: dict[str, Any],
 ) -> bool:
-    """Reuse a finished run of the same configuration (an interrupted or extended study continues where it was)."""
+    """Reuse a finished run of the same configuration, evaluation sites and starting adapter (an interrupted or
+    extended study continues where it was)."""
     from fedmedlora.config import ConfigError, load_config
 
     needed = [run_path / "config.yaml", run_path / "eval" / "test.json", run_path / "study_row.json"]
@@ -220,8 +224,11 @@ def _reuse(
     except ConfigError:
         return False
     run = RunDir(run_path)
+    row = run.read_json("study_row.json")
+    if row.pop("_reuse_key", None) != what:
+        return False
     results[name] = run.read_json("eval/test.json")
-    extras[name] = run.read_json("study_row.json")
+    extras[name] = row
     progress(f"[study] {name}: reusing the finished run in {run_path}")
     return True
 

@@ -54,3 +54,10 @@ def test_pyproject_flower_config_is_the_demo_preset():
     flat = flatten_dict(app_cfg)
     assert {"num-server-rounds", "run-dir", "resume", "server-data-dir"} <= set(flat)
     assert RunConfig.from_flower_run_config(flat) == load_config("demo")
+
+
+def test_bad_override_values_are_config_errors():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(None, ["model.name=[foo"])
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(None, ["seed=-1"])

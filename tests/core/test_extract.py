@@ -92,3 +92,14 @@ def test_read_notes_errors_name_file_and_line(tmp_path):
     assert notes == [("a", "Line one.\r\nLine two."), ("n1", "Hi.")]
     with pytest.raises(NotesError, match="no such file"):
         read_notes([tmp_path / "missing.txt"])
+
+
+def test_note_ids_must_be_unique_and_path_safe(tmp_path):
+    from fedmedlora.extract import check_note_ids
+
+    check_note_ids([("n1", "a"), ("n-2.txt", "b")], [tmp_path])
+    with pytest.raises(NotesError, match="occurs twice"):
+        check_note_ids([("n1", "a"), ("n1", "b")], [tmp_path])
+    for bad in ("../x", "a/b", "", ".hidden"):
+        with pytest.raises(NotesError, match="note id"):
+            check_note_ids([(bad, "a")], [tmp_path])

@@ -219,3 +219,16 @@ def test_compressed_transport_shrinks_bytes_and_tracks_the_float32_run(
     for k, v in plain.arrays.items():
         scale = float(np.abs(v).max()) or 1.0
         assert float(np.abs(packed.arrays[k] - v).max()) <= 0.05 * scale, k
+
+
+def test_misspelled_site_and_changed_config_are_refused(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.federation.server_app import ResumeError
+
+    bad = _cfg(world).model_copy(
+        update={"federation": _cfg(world).federation.model_copy(update={"sites": ["alpha", "betta"]})}
+    )
+    with pytest.raises(ValueError, match=r"no data folder for \['betta'\]"):
+        _run(world, tmp_path / "typo", bad)
+    _run(world, tmp_path / "one", _cfg(world, "fedmedlora", 1))
+    with pytest.raises(ResumeError, match=r"configuration changed.*train.max_steps"):
+        _run(world, tmp_path / "one", _cfg(world, "fedmedlora", 2, "train.max_steps=3"), resume=True)

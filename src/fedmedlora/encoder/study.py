@@ -40,7 +40,7 @@ def encoder_rows(
     results: dict[str, dict[str, Any]] = {}
     extras: dict[str, dict[str, Any]] = {}
     for setting in ("single_site", "centralized", *federated):
-        res = _cached(out / setting, setting, base) or run_encoder_setting(
+        res = _cached(out / setting, setting, base, bench.root, train_sites, eval_sites) or run_encoder_setting(
             setting, bench.root, train_sites, eval_sites, base, out / setting
         )
         comm = res.get("communication", {})
@@ -56,8 +56,15 @@ def encoder_rows(
     return results, extras
 
 
-def _cached(folder: Path, setting: str, settings: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A finished encoder run in ``folder`` with the same setting and settings, else None."""
+def _cached(
+    folder: Path,
+    setting: str,
+    settings: Mapping[str, Any],
+    benchmark: Path,
+    sites: Sequence[str],
+    eval_sites: Sequence[str],
+) -> dict[str, Any] | None:
+    """A finished encoder run in ``folder`` with the same setting, settings, benchmark and sites, else None."""
     import json
 
     from fedmedlora.encoder.train import EncoderSettings
@@ -68,7 +75,13 @@ def _cached(folder: Path, setting: str, settings: Mapping[str, Any]) -> dict[str
     res = json.loads(path.read_text(encoding="utf-8"))
     want = EncoderSettings.from_dict(dict(settings))
     try:
-        same = res.get("setting") == setting and EncoderSettings.from_dict(res.get("settings", {})) == want
+        same = (
+            res.get("setting") == setting
+            and EncoderSettings.from_dict(res.get("settings", {})) == want
+            and Path(str(res.get("benchmark"))).resolve() == Path(benchmark).resolve()
+            and list(res.get("sites", [])) == list(sites)
+            and list(res.get("eval_sites", [])) == list(eval_sites)
+        )
     except (TypeError, ValueError):
         return None
     return res if same else None

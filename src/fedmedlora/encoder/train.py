@@ -644,7 +644,9 @@ def _evaluate(
     for site in eval_sites:
         t0 = time.perf_counter()
         docs = bench.load(site, s.eval_split)
-        units = _subsample(_units(docs), s.max_eval_sentences, s.seed)
+        from fedmedlora.experiments import sample_eval
+
+        units = sample_eval(_units(docs), s.max_eval_sentences, s.seed, site)  # same sample as the LLM rows
         pred = predict_sentences(models, units, heads=s.re_heads, max_length=s.max_length, device=s.device)
         ev = Evaluation()
         for (gold, ls), p in zip(units, pred, strict=True):

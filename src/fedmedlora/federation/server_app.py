@@ -130,6 +130,17 @@ def server_round_scorer(cfg: RunConfig, data_dir: Path, session: Any) -> Callabl
     return score
 
 
+def _config_changes(saved_path: Path, cfg: RunConfig) -> list[str]:
+    """Dotted fields that differ between the run's saved config and ``cfg`` (``federation.rounds`` excluded)."""
+    from fedmedlora.config import _flatten, load_config
+
+    if not saved_path.is_file():
+        return []
+    old = _flatten(load_config(saved_path).model_dump(mode="json"))
+    new = _flatten(cfg.model_dump(mode="json"))
+    return sorted(k for k in set(old) | set(new) if k != "federation.rounds" and old.get(k) != new.get(k))
+
+
 def _truncate_logs(run: RunDir, last_round: int) -> None:
     """Drop records of rounds after the resume point (written before a crash, never checkpointed)."""
     import json
@@ -202,6 +213,12 @@ def run_server(
         for key, now in (("rule", fed.strategy), ("seed", cfg.seed), ("weight_by", fed.weight_by)):
             if state.get(key) != now:
                 raise ResumeError(f"cannot resume {run_path}: {key} was {state.get(key)!r}, config says {now!r}")
+        changed = _config_changes(run_path / "config.yaml", cfg)
+        if changed:
+            raise ResumeError(
+                f"cannot resume {run_path}: the configuration changed since the run started ({', '.join(changed)}); "
+                "only federation.rounds may differ"
+            )
         offset = int(state["round"])
         initial = load_adapter_arrays(run.adapter_dir(offset))
         _truncate_logs(run, offset)
@@ -223,6 +240,13 @@ def run_server(
     remaining = fed.rounds - offset
     if remaining <= 0:
         log.info("nothing to do: %d of %d rounds already completed", offset, fed.rounds)
+        if not (run.adapter_dir("final") / "adapter_model.safetensors").is_file():
+            save_adapter(
+                initial,
+                run.adapter_dir("final"),
+                session.adapter_meta(round=offset, rule=fed.strategy),
+                peft_config=peft_config,
+            )
         return outcome
 
     min_available = len(fed.sites) if fed.sites else fed.min_sites

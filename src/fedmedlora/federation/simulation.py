@@ -196,6 +196,10 @@ class FederationResult:
 def resolve_sites(cfg: RunConfig, data_dir: Path) -> list[str]:
     """``federation.sites``, else the benchmark's training sites."""
     if cfg.federation.sites:
+        missing = [s for s in cfg.federation.sites if not (data_dir / s).is_dir()]
+        if missing:
+            present = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
+            raise ValueError(f"federation.sites: no data folder for {missing} in {data_dir} (sites there: {present})")
         return list(cfg.federation.sites)
     from fedmedlora.benchmark import load_benchmark
 

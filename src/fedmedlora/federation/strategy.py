@@ -184,6 +184,10 @@ def validate_train_reply(
     return SiteReply(node, site, arrays, metrics, nbytes(arrays))
 
 
+class FederationError(RuntimeError):
+    """A round cannot go on: too few sites connected, or too few valid replies (the message names them)."""
+
+
 def download_method(compression: str) -> str:
     """How the global adapter travels down: int8 uploads pair with an fp16 download (no per-site reference)."""
     return "fp16" if compression == "int8" else compression
@@ -327,7 +331,7 @@ class FedMedLoRAStrategy(FedAvg):
         while len(ids := list(grid.get_node_ids())) < self.min_available_nodes:
             waited = time.monotonic() - start
             if self.node_wait_timeout_s is not None and waited > self.node_wait_timeout_s:
-                raise RuntimeError(
+                raise FederationError(
                     f"only {len(ids)} of the {self.min_available_nodes} required sites connected after {waited:.0f} s"
                 )
             log.info("waiting for sites: %d connected, %d required", len(ids), self.min_available_nodes)
@@ -412,7 +416,7 @@ class FedMedLoRAStrategy(FedAvg):
         for r in ok:
             self.site_names[r.node_id] = r.site
         if len(ok) < max(self.min_train_nodes, 1):
-            raise RuntimeError(
+            raise FederationError(
                 f"round {rnd}: {len(ok)} valid site replies, {self.min_train_nodes} required; failures: {rlog.failures}"
             )
         ok.sort(key=lambda r: r.site)
