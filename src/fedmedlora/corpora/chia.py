@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedmedlora.corpora.brat import BratDocument, read_brat
-from fedmedlora.corpora.common import CorpusError, Drops, RawEntity, RawModifier, build_document, join_fragments
+from fedmedlora.corpora.common import (
+    CorpusError,
+    Drops,
+    RawEntity,
+    RawModifier,
+    brat_spans,
+    build_document,
+)
 from fedmedlora.corpora.mapping import CHIA_ENTITIES, CHIA_ERROR_TYPES, CHIA_MODIFIERS, LABEL_SETS
 from fedmedlora.schema import Document
 
@@ -31,19 +38,7 @@ def chia_dir(root: str | Path) -> Path:
 def convert_chia(brat: BratDocument, doc_id: str, drops: Drops, file: str = "") -> Document:
     """Map one parsed Chia brat document onto the schema."""
     text = brat.text
-    bad = set(brat.mismatches)
-    for r in brat.repaired:
-        drops[f"{brat.textbounds[r].type}: span ran into the line break (trimmed, kept)"] += 1
-    spans: dict[str, tuple[int, int]] = {}  # kept (joined) spans of every text-bound
-    for tb in brat.textbounds.values():
-        if tb.id in bad:
-            drops[f"{tb.type}: offsets do not match the text"] += 1
-            continue
-        joined = join_fragments(text, tb.fragments)
-        if joined is None:
-            drops[f"{tb.type}: discontinuous span"] += 1
-            continue
-        spans[tb.id] = joined
+    spans = brat_spans(brat, drops)  # kept (joined) spans of every text-bound
     errors = [spans[t.id] for t in brat.textbounds.values() if t.type in CHIA_ERROR_TYPES and t.id in spans]
     entities = []
     for tb in brat.textbounds.values():

@@ -62,6 +62,25 @@ def join_fragments(text: str, fragments: Sequence[tuple[int, int]]) -> tuple[int
     return frags[0][0], frags[-1][1]
 
 
+def brat_spans(brat, drops: Drops) -> dict[str, tuple[int, int]]:
+    """The usable span of every brat text-bound, by id: offsets checked against the text and discontinuous
+    fragments joined (``join_fragments``). Everything else is counted in ``drops``, never dropped silently."""
+    bad = set(brat.mismatches)
+    for r in brat.repaired:
+        drops[f"{brat.textbounds[r].type}: span ran into the line break (trimmed, kept)"] += 1
+    spans: dict[str, tuple[int, int]] = {}
+    for tb in brat.textbounds.values():
+        if tb.id in bad:
+            drops[f"{tb.type}: offsets do not match the text"] += 1
+            continue
+        joined = join_fragments(brat.text, tb.fragments)
+        if joined is None:
+            drops[f"{tb.type}: discontinuous span"] += 1
+            continue
+        spans[tb.id] = joined
+    return spans
+
+
 def build_document(
     *,
     doc_id: str,

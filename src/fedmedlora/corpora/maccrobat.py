@@ -14,7 +14,14 @@ import bisect
 from pathlib import Path
 
 from fedmedlora.corpora.brat import BratDocument, read_brat
-from fedmedlora.corpora.common import CorpusError, Drops, RawEntity, RawModifier, build_document, join_fragments
+from fedmedlora.corpora.common import (
+    CorpusError,
+    Drops,
+    RawEntity,
+    RawModifier,
+    brat_spans,
+    build_document,
+)
 from fedmedlora.corpora.mapping import (
     LABEL_SETS,
     MACCROBAT_ENTITIES,
@@ -39,19 +46,7 @@ def maccrobat_dir(root: str | Path) -> Path:
 def convert_maccrobat(brat: BratDocument, doc_id: str, drops: Drops, file: str = "") -> Document:
     """Map one parsed MACCROBAT brat document onto the schema."""
     text = brat.text
-    bad = set(brat.mismatches)
-    for r in brat.repaired:
-        drops[f"{brat.textbounds[r].type}: span ran into the line break (trimmed, kept)"] += 1
-    spans: dict[str, tuple[int, int]] = {}
-    for tb in brat.textbounds.values():
-        if tb.id in bad:
-            drops[f"{tb.type}: offsets do not match the text"] += 1
-            continue
-        joined = join_fragments(text, tb.fragments)
-        if joined is None:
-            drops[f"{tb.type}: discontinuous span"] += 1
-            continue
-        spans[tb.id] = joined
+    spans = brat_spans(brat, drops)  # kept (joined) spans of every text-bound
 
     def tid(ann_id: str) -> str | None:
         tb = brat.resolve(ann_id)
