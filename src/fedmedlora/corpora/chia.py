@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fedmedlora.corpora.brat import BratDocument, read_brat
+from fedmedlora.corpora.brat import BratDocument
 from fedmedlora.corpora.common import (
-    CorpusError,
     Drops,
     RawEntity,
     RawModifier,
     brat_spans,
     build_document,
+    find_brat_dir,
+    read_brat_folder,
 )
 from fedmedlora.corpora.mapping import CHIA_ENTITIES, CHIA_ERROR_TYPES, CHIA_MODIFIERS, LABEL_SETS
 from fedmedlora.schema import Document
@@ -28,11 +29,12 @@ SITE = "chia"
 
 def chia_dir(root: str | Path) -> Path:
     """The folder holding the ``.txt``/``.ann`` pairs (accepts the corpus folder or the data folder itself)."""
-    root = Path(root)
-    for cand in (root / "chia_without_scope", root / "chia" / "chia_without_scope", root):
-        if cand.is_dir() and any(cand.glob("NCT*.ann")):
-            return cand
-    raise CorpusError(f"{root}: no Chia brat files (expected chia_without_scope/NCT*_inc.ann)")
+    return find_brat_dir(
+        root,
+        ("chia_without_scope", "chia/chia_without_scope"),
+        "NCT*.ann",
+        "Chia brat files (expected chia_without_scope/NCT*_inc.ann)",
+    )
 
 
 def convert_chia(brat: BratDocument, doc_id: str, drops: Drops, file: str = "") -> Document:
@@ -103,16 +105,4 @@ def read_chia(root: str | Path, max_docs: int | None = None) -> tuple[list[Docum
 
     Documents have ``split="train"`` until ``fedmedlora.splits.assign_splits`` sets the real split.
     """
-    folder = chia_dir(root)
-    drops: Drops = Drops()
-    docs = []
-    for ann in sorted(folder.glob("NCT*.ann")):
-        if max_docs is not None and len(docs) >= max_docs:
-            break
-        txt = ann.with_suffix(".txt")
-        brat = read_brat(txt, ann)
-        if not brat.text.strip():
-            drops["file: empty text"] += 1
-            continue
-        docs.append(convert_chia(brat, ann.stem, drops, file=f"chia_without_scope/{ann.name}"))
-    return docs, drops
+    return read_brat_folder(chia_dir(root), "NCT*.ann", convert_chia, "chia_without_scope/", max_docs, skip_empty=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from fedmedlora.schema import VALID_MODIFIERS, Document, Entity, LabelSet, Modifier, Sentence
 from fedmedlora.segment import split_sentences
@@ -225,3 +226,37 @@ def build_document(
     )
     doc.validate()
     return doc
+
+
+def find_brat_dir(root: str | Path, subdirs: Sequence[str], pattern: str, expected: str) -> Path:
+    """The first of ``root/<subdir>`` (then ``root`` itself) holding ``.ann`` files matching ``pattern``."""
+    root = Path(root)
+    for cand in (*(root / d for d in subdirs), root):
+        if cand.is_dir() and any(cand.glob(pattern)):
+            return cand
+    raise CorpusError(f"{root}: no {expected}")
+
+
+def read_brat_folder(
+    folder: Path,
+    pattern: str,
+    convert: Callable[..., Document],
+    file_prefix: str,
+    max_docs: int | None = None,
+    skip_empty: bool = False,
+) -> tuple[list[Document], Drops]:
+    """Read every ``.ann``/``.txt`` pair in ``folder`` (sorted by name; at most ``max_docs``) and convert it with
+    ``convert(brat, doc_id, drops, file=...)``. With ``skip_empty``, files with no text are counted and skipped."""
+    from fedmedlora.corpora.brat import read_brat
+
+    drops: Drops = Drops()
+    docs: list[Document] = []
+    for ann in sorted(folder.glob(pattern)):
+        if max_docs is not None and len(docs) >= max_docs:
+            break
+        brat = read_brat(ann.with_suffix(".txt"), ann)
+        if skip_empty and not brat.text.strip():
+            drops["file: empty text"] += 1
+            continue
+        docs.append(convert(brat, ann.stem, drops, file=f"{file_prefix}{ann.name}"))
+    return docs, drops

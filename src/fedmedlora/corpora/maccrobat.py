@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from pathlib import Path
 
-from fedmedlora.corpora.brat import BratDocument, read_brat
+from fedmedlora.corpora.brat import BratDocument
 from fedmedlora.corpora.common import (
     CorpusError,
     Drops,
@@ -21,6 +21,8 @@ from fedmedlora.corpora.common import (
     RawModifier,
     brat_spans,
     build_document,
+    find_brat_dir,
+    read_brat_folder,
 )
 from fedmedlora.corpora.mapping import (
     LABEL_SETS,
@@ -36,11 +38,12 @@ SITE = "maccrobat"
 
 def maccrobat_dir(root: str | Path) -> Path:
     """The folder holding the ``.txt``/``.ann`` pairs."""
-    root = Path(root)
-    for cand in (root / "MACCROBAT2020", root / "maccrobat" / "MACCROBAT2020", root):
-        if cand.is_dir() and any(cand.glob("*.ann")):
-            return cand
-    raise CorpusError(f"{root}: no MACCROBAT brat files (expected MACCROBAT2020/*.ann)")
+    return find_brat_dir(
+        root,
+        ("MACCROBAT2020", "maccrobat/MACCROBAT2020"),
+        "*.ann",
+        "MACCROBAT brat files (expected MACCROBAT2020/*.ann)",
+    )
 
 
 def convert_maccrobat(brat: BratDocument, doc_id: str, drops: Drops, file: str = "") -> Document:
@@ -134,12 +137,4 @@ def _line_index(text: str):
 
 def read_maccrobat(root: str | Path, max_docs: int | None = None) -> tuple[list[Document], Drops]:
     """Read every MACCROBAT file pair (sorted by name; at most ``max_docs``)."""
-    folder = maccrobat_dir(root)
-    drops: Drops = Drops()
-    docs = []
-    for ann in sorted(folder.glob("*.ann")):
-        if max_docs is not None and len(docs) >= max_docs:
-            break
-        brat = read_brat(ann.with_suffix(".txt"), ann)
-        docs.append(convert_maccrobat(brat, ann.stem, drops, file=f"MACCROBAT2020/{ann.name}"))
-    return docs, drops
+    return read_brat_folder(maccrobat_dir(root), "*.ann", convert_maccrobat, "MACCROBAT2020/", max_docs)
