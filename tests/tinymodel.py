@@ -136,3 +136,26 @@ def build_tiny_world(root: Path, sites: list[str], train_docs: list[int]) -> Pat
         root / "bench" / "_server" / "validation.jsonl", [make_doc("srv", "dev", i, *TEXTS[i]) for i in range(2)]
     )
     return root
+
+
+def tiny_world_config(world: Path, name: str, *overrides: str):
+    """The RunConfig the federation tests share: the tiny model of ``build_tiny_world``, 2 local steps, NER only.
+
+    The simulation and the deployment tests both build on it, so their results stay comparable."""
+    from fedmedlora.config import load_config
+
+    return load_config(
+        overrides=[
+            f"name={name}",
+            f"model.name={world / 'model'}",
+            "model.dtype=float32",
+            "model.device=cpu",
+            "lora.r=2",
+            "lora.alpha=4",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.max_length=128",
+            "data.tasks=[ner]",
+            *overrides,
+        ]
+    )

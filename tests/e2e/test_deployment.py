@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymodel import build_tiny_world
+from tinymodel import build_tiny_world, tiny_world_config
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None or shutil.which("ssh-keygen") is None, reason="needs openssl and ssh-keygen"
@@ -44,24 +44,12 @@ def world(tmp_path_factory) -> Path:
 
 def _cfg(world: Path, *, rounds: int = 2, min_sites: int = 3):
     """Deployment config: sites are whoever connects (``federation.sites`` unset), at least ``min_sites``."""
-    from fedmedlora.config import load_config
-
-    return load_config(
-        overrides=[
-            "name=deploy",
-            f"model.name={world / 'model'}",
-            "model.dtype=float32",
-            "model.device=cpu",
-            "lora.r=2",
-            "lora.alpha=4",
-            "train.max_steps=2",
-            "train.batch_size=2",
-            "train.max_length=128",
-            "data.tasks=[ner]",
-            f"federation.rounds={rounds}",
-            f"federation.min_sites={min_sites}",
-            "federation.round_timeout_s=900",
-        ]
+    return tiny_world_config(
+        world,
+        "deploy",
+        f"federation.rounds={rounds}",
+        f"federation.min_sites={min_sites}",
+        "federation.round_timeout_s=900",
     )
 
 

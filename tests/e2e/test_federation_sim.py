@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymodel import build_tiny_world
+from tinymodel import build_tiny_world, tiny_world_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,26 +26,14 @@ def world(tmp_path_factory) -> Path:
 
 
 def _cfg(world: Path, rule: str = "fedmedlora", rounds: int = 2, *extra: str):
-    from fedmedlora.config import load_config
-
-    return load_config(
-        overrides=[
-            "name=sim",
-            f"model.name={world / 'model'}",
-            "model.dtype=float32",
-            "model.device=cpu",
-            "lora.r=2",
-            "lora.alpha=4",
-            "train.max_steps=2",
-            "train.batch_size=2",
-            "train.max_length=128",
-            "data.tasks=[ner]",
-            f"federation.strategy={rule}",
-            f"federation.rounds={rounds}",
-            f"federation.sites=[{','.join(SITES)}]",
-            "federation.min_sites=3",
-            *extra,
-        ]
+    return tiny_world_config(
+        world,
+        "sim",
+        f"federation.strategy={rule}",
+        f"federation.rounds={rounds}",
+        f"federation.sites=[{','.join(SITES)}]",
+        "federation.min_sites=3",
+        *extra,
     )
 
 
