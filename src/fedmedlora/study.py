@@ -131,22 +131,24 @@ def run_study(
         if _reuse(fed_dir, fcfg, name, results, extras, progress, what):
             fed_rounds[name] = RunDir(fed_dir).read_jsonl("rounds.jsonl")
             continue
-        if fed_dir.exists():
-            shutil.rmtree(fed_dir)  # an incomplete or differently configured run: start it again
-        progress(f"[study] {name}")
         t0 = time.perf_counter()
-        result = run_federation(fcfg, fed_dir)
+        result, done_before = _resume_federation(fcfg, fed_dir, name, progress)
+        if result is None:
+            if fed_dir.exists():
+                shutil.rmtree(fed_dir)  # a differently configured run: start it again
+            progress(f"[study] {name}")
+            result = run_federation(fcfg, fed_dir)
         run = RunDir(fed_dir)
         evals = evaluate_arrays(session, result.arrays, bench, eval_sites, fcfg)
         write_eval(run, "test", evals)
         results[name] = evals
-        recs = [r for r in result.rounds if r.get("round", 0) > 0]
+        recs = [r for r in result.rounds if r.get("round", 0) > 0]  # every round, an interrupted call's too
         fed_rounds[name] = result.rounds
         per_round = [sum(r.get("bytes_up", {}).values()) + sum(r.get("bytes_down", {}).values()) for r in recs]
         extras[name] = {
             "train steps": (cfg.train.max_steps or 0) * rounds * len(train_sites) or "epochs",
             "MB per round (all sites, up+down)": round(max(per_round) / 1e6, 2) if per_round else 0,
-            "minutes": round((time.perf_counter() - t0) / 60, 1),
+            "minutes": round((time.perf_counter() - t0 + done_before) / 60, 1),
         }
         run.write_json("study_row.json", {**extras[name], "_reuse_key": what})
 
@@ -200,6 +202,29 @@ def run_study(
     )
     study.finish(minutes=round((time.perf_counter() - t_start) / 60, 1))
     return {"rows": rows, "extras": extras, "markdown": md}
+
+
+def _resume_federation(cfg: RunConfig, fed_dir: Path, name: str, progress) -> tuple[Any, float]:
+    """Continue an interrupted federation in ``fed_dir`` from its last checkpointed round.
+
+    Returns the federation result and the seconds its earlier rounds took, or ``(None, 0.0)`` when there is no
+    checkpoint or the run there was made with a different configuration (the caller starts it again).
+    """
+    from fedmedlora.federation.server_app import STATE_FILE, ResumeError
+    from fedmedlora.federation.simulation import run_federation
+
+    state_path = fed_dir / STATE_FILE
+    if not state_path.is_file():
+        return None, 0.0
+    done = int(json.loads(state_path.read_text(encoding="utf-8")).get("round", 0))
+    before = RunDir(fed_dir).read_jsonl("rounds.jsonl")
+    seconds = sum(float(r.get("seconds", 0.0)) for r in before if 0 < r.get("round", 0) <= done)
+    try:
+        progress(f"[study] {name}: resuming the interrupted run in {fed_dir} after round {done}")
+        return run_federation(cfg, fed_dir, resume=True), seconds
+    except ResumeError as e:
+        progress(f"[study] {name}: cannot resume ({e}); starting again")
+        return None, 0.0
 
 
 def _reuse(

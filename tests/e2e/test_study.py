@@ -128,3 +128,53 @@ def test_encoder_rows_report_bytes_per_round(study_dir: Path) -> None:
     full = extras["encoder federated-full"]["MB per round (all sites, up+down)"]
     lora = extras["encoder federated-lora"]["MB per round (all sites, up+down)"]
     assert 0 < lora < full
+
+
+def test_an_interrupted_federation_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """The study continues a federation from its last checkpoint instead of starting it again, and ends with the
+    adapter an uninterrupted run gives (here: a 1-round run extended to 2 rounds, the interruption case)."""
+    import numpy as np
+
+    from fedmedlora.adapter_io import load_adapter_arrays
+    from fedmedlora.config import load_config
+    from fedmedlora.federation.client_app import clear_caches
+    from fedmedlora.study import run_study
+
+    model = save_tiny_model(tmp_path / "model")
+
+    def cfg(rounds: int):
+        return load_config(
+            overrides=[
+                f"model.name={model}",
+                "model.device=cpu",
+                "model.dtype=float32",
+                "lora.r=2",
+                "lora.alpha=4",
+                "train.max_steps=1",
+                "train.batch_size=2",
+                "data.max_train_examples=4",
+                "eval.max_sentences=1",
+                "eval.max_new_tokens=4",
+                "federation.round_eval_sentences=0",
+                f"federation.rounds={rounds}",
+            ]
+        )
+
+    only_fed = ("zero_shot", "single_site", "centralized", "new_site")
+    clear_caches()
+    quiet = lambda *_: None  # noqa: E731
+    run_study(cfg(2), tmp_path / "whole", fed_methods=("fedmedlora",), skip=only_fed, progress=quiet)
+    run_study(cfg(1), tmp_path / "resumed", fed_methods=("fedmedlora",), skip=only_fed, progress=quiet)
+    messages: list[str] = []
+    run_study(cfg(2), tmp_path / "resumed", fed_methods=("fedmedlora",), skip=only_fed, progress=messages.append)
+    clear_caches()
+
+    assert any("resuming the interrupted run" in m and "after round 1" in m for m in messages), messages
+    run = tmp_path / "resumed" / "fed-medlora"
+    rounds = [json.loads(x)["round"] for x in (run / "rounds.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2]
+    whole = load_adapter_arrays(tmp_path / "whole" / "fed-medlora" / "adapters" / "final")
+    resumed = load_adapter_arrays(run / "adapters" / "final")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
