@@ -130,9 +130,40 @@ def test_fedsa_uploads_a_only_and_keeps_b_at_the_site(world: Path, tmp_path: Pat
     assert all(t["name"].endswith("lora_A.weight") for r in up1 for t in r.content["tensors"])
     assert any(t["name"].endswith("lora_B.weight") for t in up2[0].content["tensors"])  # last round: full adapter
     assert res.rounds[1]["val_loss"] == pytest.approx(res.rounds[0]["val_loss"])  # server B stays 0 during training
-    assert sorted(p.name for p in (tmp_path / "fedsa" / "sim_state").iterdir()) == [f"{s}.pb" for s in SITES]
+    saved = sorted(str(p.relative_to(tmp_path / "fedsa" / "sim_state")) for p in (tmp_path / "fedsa").rglob("*.pb"))
+    assert saved == [f"round_{r}/{s}.pb" for r in (1, 2) for s in SITES]
     init = load_adapter_arrays(tmp_path / "fedsa" / "adapters" / "round_0")
     assert any(np.abs(res.arrays[k]).sum() > 0 for k in init if "lora_B" in k)
+
+
+def test_resume_after_a_crash_mid_round_restores_site_state_of_the_checkpoint(world: Path, tmp_path: Path) -> None:
+    """FedSA keeps lora_B at each site between rounds. The run dies in round 3 after one site has already trained
+    (and updated its private B); resuming from the round-2 checkpoint must start that site from its round-2 state,
+    or the resumed run drifts from the uninterrupted one."""
+    from fedmedlora.federation import client_app as client_module
+
+    class Crash(BaseException):  # not an Exception: the grid must not turn it into a site error
+        pass
+
+    def dies_in_round_3(msg, ctx):
+        if ctx.node_config["site"] == "beta" and msg.content.config_records["config"]["server-round"] == 3:
+            raise Crash
+        return client_module.app(msg, ctx)
+
+    cfg = _cfg(world, "fedsa", 4)
+    full = _run(world, tmp_path / "full", cfg)
+    from fedmedlora.federation.simulation import run_federation
+
+    with pytest.raises(Crash):
+        run_federation(cfg, tmp_path / "crash", data_dir=world / "bench", client_app=dies_in_round_3)
+    assert json.loads((tmp_path / "crash" / "federation_state.json").read_text())["round"] == 2
+    assert (
+        tmp_path / "crash" / "sim_state" / "round_3" / "alpha.pb"
+    ).is_file()  # alpha trained round 3, then the crash
+    resumed = _run(world, tmp_path / "crash", cfg, resume=True)
+    assert [r["round"] for r in resumed.rounds] == [0, 1, 2, 3, 4]
+    for k in full.arrays:
+        np.testing.assert_allclose(resumed.arrays[k], full.arrays[k], rtol=0, atol=1e-7, err_msg=k)
 
 
 def test_ffa_keeps_a_frozen_and_uploads_b_only(world: Path, tmp_path: Path) -> None:

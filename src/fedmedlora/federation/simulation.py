@@ -10,14 +10,16 @@ run, a worker process per virtual node holding its own copy of the model, and an
 ``partition-id``-only ``node_config`` in its Python API (see docs/federation.md for the measurements). This driver
 calls the *same* ``server_app.app`` and ``client_app.app`` objects with the same ``Message``/``Context`` types, so
 the apps run unchanged on the Deployment Engine (``flwr run`` with SuperLink/SuperNodes). Sites run one after the
-other; their per-node state is saved next to the run (``sim_state/<site>.pb``, protobuf, not pickle) so resume
-restores it.
+other; their per-node state is saved next to the run after every reply (``sim_state/round_<r>/<site>.pb``,
+protobuf, not pickle), and resume restores each site's state as it was at the checkpointed round (a site that
+replied in a round that was then interrupted does not carry that round's state into the resumed run).
 
 May import flwr; torch only through the apps.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -69,8 +71,8 @@ class InProcessGrid(Grid):
         client_app: The ClientApp every node runs.
         contexts: node id → that node's ``Context`` (node_config, state, run_config).
         run: The run these messages belong to.
-        state_dir: If set, each node's ``context.state`` is saved there after every reply (and loaded by
-            ``load_states``), so a resumed simulation keeps per-site state.
+        state_dir: If set, each node's ``context.state`` is saved there after every reply, under the round of
+            the message it answered (and loaded by ``load_states``), so a resumed simulation keeps per-site state.
     """
 
     def __init__(
@@ -146,7 +148,7 @@ class InProcessGrid(Grid):
         back.ParseFromString(wire)
         reply = message_from_proto(back)
         self._record("up", node, reply, len(wire))
-        self.save_state(node)
+        self.save_state(node, _message_round(msg))
         return reply
 
     def _record(self, direction: str, node: int, msg: Message, size: int) -> None:
@@ -159,26 +161,52 @@ class InProcessGrid(Grid):
         self.wire.append(rec)
 
     # -- per-site state ------------------------------------------------------------------------------------------
-    def _state_file(self, node: int) -> Path | None:
+    def _site(self, node: int) -> str:
+        return str(self.contexts[node].node_config["site"])
+
+    def _state_files(self, node: int) -> dict[int, Path]:
+        """round -> saved state file of ``node``."""
+        if self.state_dir is None or not self.state_dir.is_dir():
+            return {}
+        name = f"{self._site(node)}.pb"
+        return {
+            int(d.name.removeprefix("round_")): d / name
+            for d in self.state_dir.glob("round_*")
+            if d.name.removeprefix("round_").isdigit() and (d / name).is_file()
+        }
+
+    def save_state(self, node: int, server_round: int) -> None:
+        """Save ``node``'s state as it is after answering a message of ``server_round``.
+
+        Keeps the two newest rounds per site: while round r runs, the last checkpoint is r - 1 or r, and the
+        newest state at or before it is one of those two."""
         if self.state_dir is None:
-            return None
-        return self.state_dir / f"{self.contexts[node].node_config['site']}.pb"
+            return
+        path = self.state_dir / f"round_{server_round}" / f"{self._site(node)}.pb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        tmp.write_bytes(recorddict_to_proto(self.contexts[node].state).SerializeToString())
+        tmp.replace(path)
+        files = self._state_files(node)
+        for rnd in sorted(files)[:-2]:
+            files[rnd].unlink()
+            if not any(files[rnd].parent.iterdir()):
+                files[rnd].parent.rmdir()
 
-    def save_state(self, node: int) -> None:
-        path = self._state_file(node)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            tmp.write_bytes(recorddict_to_proto(self.contexts[node].state).SerializeToString())
-            tmp.replace(path)
-
-    def load_states(self) -> None:
+    def load_states(self, upto_round: int) -> None:
+        """Restore each node's state as it was at the end of ``upto_round`` (its newest save at or before it)."""
         for node, ctx in self.contexts.items():
-            path = self._state_file(node)
-            if path is not None and path.is_file():
+            files = {r: p for r, p in self._state_files(node).items() if r <= upto_round}
+            if files:
                 proto = ProtoRecordDict()
-                proto.ParseFromString(path.read_bytes())
+                proto.ParseFromString(files[max(files)].read_bytes())
                 ctx.state = recorddict_from_proto(proto)
+
+
+def _message_round(msg: Message) -> int:
+    """The server round a message belongs to (``config["server-round"]``; 0 when it carries none)."""
+    config = msg.content.config_records.get("config")
+    return int(config.get("server-round", 0)) if config is not None else 0
 
 
 @dataclass
@@ -262,7 +290,11 @@ def run_federation(
     }
     grid = InProcessGrid(client_app or client_module.app, contexts, run, state_dir=run_path / SIM_STATE_DIR)
     if resume:
-        grid.load_states()
+        from fedmedlora.federation.server_app import STATE_FILE
+
+        state_file = run_path / STATE_FILE
+        if state_file.is_file():  # otherwise the ServerApp refuses to resume, naming the missing file
+            grid.load_states(int(json.loads(state_file.read_text(encoding="utf-8"))["round"]))
     server_ctx = Context(
         run_id=run_id,
         node_id=SUPERLINK_NODE_ID,
