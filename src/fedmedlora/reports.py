@@ -104,6 +104,80 @@ def comparison_markdown(rows, extra: Mapping[str, Mapping[str, Any]] | None = No
     return "\n".join(lines) + "\n"
 
 
+def unseen_site_rows(
+    models: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    single_site: Mapping[str, str],
+    train_sites: Sequence[str],
+    compare: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Generalisation to other sites: for each single-site model, the training sites it did not train on, scored
+    (micro over those sites) for that model and for each model in ``compare`` on exactly the same sites.
+
+    Args:
+        models: model name -> site -> evaluation result (``{"metrics": Evaluation.to_dict()}``).
+        single_site: single-site model name -> the site it trained on.
+        train_sites: every training site of the study.
+        compare: models to put beside each single-site model (federated, centralized).
+
+    Returns:
+        One dict per single-site model: ``model``, ``trained_on``, ``unseen`` (sites) and ``scores``
+        (model name -> ``headline`` row); a compared model missing any of those sites is left out.
+    """
+    out = []
+    for model, site in single_site.items():
+        unseen = [s for s in train_sites if s != site]
+        if not unseen or model not in models:
+            continue
+        scores = {}
+        for m in [model, *compare]:
+            if m in models and all(s in models[m] for s in unseen):
+                ev = Evaluation()
+                for s in unseen:
+                    ev += Evaluation.from_dict(models[m][s]["metrics"])
+                scores[m] = headline(ev)
+        out.append({"model": model, "trained_on": site, "unseen": unseen, "scores": scores})
+    return out
+
+
+def unseen_site_markdown(rows: Sequence[Mapping[str, Any]], compare: Sequence[str], title: str = "") -> str:
+    """``unseen_site_rows`` as a table (strict / lenient F1 per task), with a count of where each compared model
+    beats the single-site model on that model's unseen sites (NER strict F1)."""
+    shown = [m for m in compare if any(m in r["scores"] for r in rows)]
+    if not rows or not shown:
+        return ""
+    tasks = [
+        t for t in ("ner", "re") if any(h.get(f"{t}_strict_f1") is not None for r in rows for h in r["scores"].values())
+    ]
+    head = ["single-site model", "its unseen sites"]
+    for m in ["single-site", *shown]:
+        head += [f"{m} {t.upper()} strict / lenient" for t in tasks]
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+
+    def cell(h: Mapping[str, Any] | None, task: str) -> str:
+        return "–" if h is None else f"{_f(h[f'{task}_strict_f1'])} / {_f(h[f'{task}_lenient_f1'])}"
+
+    wins = {m: [0, 0] for m in shown}
+    for r in rows:
+        vals = [r["model"], ", ".join(r["unseen"])]
+        for m in [r["model"], *shown]:
+            vals += [cell(r["scores"].get(m), t) for t in tasks]
+        lines.append("| " + " | ".join(vals) + " |")
+        own = (r["scores"].get(r["model"]) or {}).get("ner_strict_f1")
+        for m in shown:
+            theirs = (r["scores"].get(m) or {}).get("ner_strict_f1")
+            if own is not None and theirs is not None:
+                wins[m][1] += 1
+                wins[m][0] += theirs > own
+    lines.append("")
+    for m, (won, n) in wins.items():
+        if n:
+            lines.append(
+                f"- {m} beats the single-site model on its unseen sites in {won} of {n} cases (NER strict F1)."
+            )
+    return "\n".join(lines) + "\n"
+
+
 def comparison_csv(rows) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -119,6 +119,11 @@ def test_comparison_table_and_plots(study_dir: Path) -> None:
     for r in rows:
         for col in ("ner_strict_f1", "ner_lenient_f1"):
             assert r[col] == "" or 0.0 <= float(r[col]) <= 1.0
+    for kind in ("LLM adapters", "encoder models"):
+        assert f"Sites a single-site model did not train on ({kind})" in md, kind
+    unseen = json.loads((study_dir / "study.json").read_text())["unseen_sites"]["LLM adapters"]
+    assert [r["unseen"] for r in unseen] == [["phee", "bc5cdr"], ["chia", "bc5cdr"], ["chia", "phee"]]
+    assert all({"Fed-MedLoRA", "Fed-MedLoRA+", "centralized"} <= set(r["scores"]) for r in unseen)
     for png in ("weights_per_round.png", "bytes_per_round.png", "val_loss_per_round.png", "f1_per_round.png"):
         assert (study_dir / "plots" / png).stat().st_size > 1000, png
 
