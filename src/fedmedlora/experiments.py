@@ -11,9 +11,10 @@ no-op and "no adapter" needs no separate code path.
 
 from __future__ import annotations
 
+import json
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,9 @@ def evaluate_arrays(
     RE is scored with gold heads (the paper's protocol: each head entity is marked in the input).
 
     Returns:
-        ``{site: {"metrics": Evaluation.to_dict(), "parse": ExtractionStats.to_dict(), "n_sentences", "seconds"}}``
+        ``{site: {"metrics": Evaluation.to_dict(), "parse": ExtractionStats.to_dict(), "n_sentences", "seconds",
+        "outputs": [{"prompt", "output"}, ...]}}`` (``outputs``: every raw generation, for error analysis;
+        ``write_eval`` stores them apart from the tables).
     """
     cfg = cfg or session.cfg
     session.set_arrays(arrays)
@@ -222,22 +225,47 @@ def evaluate_arrays(
         t0 = time.perf_counter()
         _, items = eval_items(bench, site, cfg)
         stats = ExtractionStats()
-        preds = extract_sentences(items, gen, fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold", stats=stats)
+        outputs: list[dict[str, str]] = []
+        recording = _recording(gen, outputs)
+        preds = extract_sentences(
+            items, recording, fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold", stats=stats
+        )
         ev = score_sentences(items, preds, cfg.data.tasks)
         out[site] = {
             "metrics": ev.to_dict(),
             "parse": stats.to_dict(),
             "n_sentences": len(items),
             "seconds": round(time.perf_counter() - t0, 2),
+            "outputs": outputs,
         }
     return out
 
 
+def _recording(gen: Callable[[list[str]], list[str]], into: list[dict[str, str]]) -> Callable[[list[str]], list[str]]:
+    """``gen`` that also appends each ``{"prompt", "output"}`` pair to ``into``."""
+
+    def fn(prompts: list[str]) -> list[str]:
+        answers = gen(prompts)
+        into.extend({"prompt": p, "output": a} for p, a in zip(prompts, answers, strict=True))
+        return answers
+
+    return fn
+
+
 def write_eval(run: RunDir, name: str, results: dict[str, dict[str, Any]]) -> None:
+    """``eval/<name>.json`` (scores and parse statistics per site), ``eval/<name>.md`` (tables) and
+    ``eval/<name>_outputs.jsonl`` (one line per generation: site, prompt, raw output)."""
     from fedmedlora.reports import eval_markdown
 
-    run.write_json(f"eval/{name}.json", results)
-    run.write_text(f"eval/{name}.md", eval_markdown(results, title=name))
+    tables = {site: {k: v for k, v in r.items() if k != "outputs"} for site, r in results.items()}
+    run.write_json(f"eval/{name}.json", tables)
+    run.write_text(f"eval/{name}.md", eval_markdown(tables, title=name))
+    lines = [
+        json.dumps({"site": site, **o}, ensure_ascii=False) + "\n"
+        for site, r in results.items()
+        for o in r.get("outputs", [])
+    ]
+    run.write_text(f"eval/{name}_outputs.jsonl", "".join(lines))
 
 
 def run_setting(

@@ -24,3 +24,32 @@ def test_merged_generation_is_exact_and_restores_base_weights(tiny_model_dir):
     for name, p in session.model.named_parameters():
         assert torch.equal(p, before[name]), name  # bit-identical, LoRA and base weights alike
     assert not any(getattr(m, "merged", False) for m in session.model.modules())
+
+
+def test_evaluation_keeps_every_raw_output_next_to_the_tables(tiny_model_dir, tmp_path):
+    """Error analysis needs what the model actually wrote: one JSONL line per prompt, apart from the score tables."""
+    import json
+
+    from fedmedlora.config import load_config
+    from fedmedlora.experiments import run_setting
+
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            "model.device=cpu",
+            "lora.r=2",
+            "eval.max_sentences=2",
+            "eval.max_new_tokens=4",
+        ],
+    )
+    run = run_setting("zero_shot", cfg, tmp_path / "zs", eval_sites=["chia", "phee"])
+
+    tables = run.read_json("eval/test.json")
+    lines = [json.loads(x) for x in (tmp_path / "zs" / "eval" / "test_outputs.jsonl").read_text().splitlines()]
+    for site in ("chia", "phee"):
+        assert "outputs" not in tables[site]
+        mine = [x for x in lines if x["site"] == site]
+        assert len(mine) == sum(tables[site]["parse"]["prompts"].values()) > 0
+        assert all(isinstance(x["prompt"], str) and isinstance(x["output"], str) for x in mine)
+    assert {x["site"] for x in lines} == {"chia", "phee"}
