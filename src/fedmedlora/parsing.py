@@ -16,7 +16,9 @@ JSON
     and truncation after the last complete item are tolerated), each ``{"type", "text"}`` (``"entity"`` is
     accepted for ``"type"``) is located by exact substring search from a cursor: first from the start of the
     previous match onward, then from the sentence start, never using the same (start, end, type) twice. For RE,
-    when the caller passes the head span, the unused occurrence nearest to the head is taken instead.
+    when the caller passes the head span, the unused occurrence nearest to the head is taken instead. Only when
+    the exact text occurs nowhere is letter case ignored ("Chronic myeloid leukemia" for "chronic myeloid
+    leukemia"; small models often capitalise a list item); the span is still the sentence's own characters.
 
 Failure reasons (``ParseResult.failures``)
     ``unknown_type``  span of a type not in ``allowed_types`` (dropped, never a false positive)
@@ -37,7 +39,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
@@ -233,32 +235,48 @@ def _decode_items(text: str, i: int) -> tuple[list, str | None]:
         items.append(item)
 
 
+def _occurrences(needle: str, sentence: str, lo: int, hi: int, fold: bool) -> Iterator[tuple[int, int]]:
+    """Every occurrence ``(start, end)`` of ``needle`` starting in ``[lo, hi)`` (overlapping ones included);
+    ``fold``: ignore letter case (the span still comes from the sentence, so offsets and text stay exact)."""
+    if not fold:
+        i = sentence.find(needle, lo, hi + len(needle) - 1)
+        while i >= 0:
+            yield i, i + len(needle)
+            i = sentence.find(needle, i + 1, hi + len(needle) - 1)
+        return
+    pattern = re.compile(re.escape(needle), re.IGNORECASE)
+    m = pattern.search(sentence, lo)
+    while m is not None and m.start() < hi:
+        yield m.start(), m.end()
+        m = pattern.search(sentence, m.start() + 1)
+
+
 def _locate(
     needle: str, typ: str, sentence: str, cursor: int, used: set[tuple[int, int, str]]
 ) -> tuple[int, int] | None:
-    """First unused occurrence at or after ``cursor``, else the first unused one starting before it."""
-    k = len(needle)
-    for lo, hi in ((cursor, len(sentence)), (0, min(len(sentence), cursor + k - 1))):
-        i = sentence.find(needle, lo, hi)
-        while i >= 0:
-            if (i, i + k, typ) not in used:
-                return i, i + k
-            i = sentence.find(needle, i + 1, hi)
+    """First unused occurrence at or after ``cursor``, else the first unused one starting before it; exact text
+    first, then ignoring letter case."""
+    for fold in (False, True):
+        for lo, hi in ((cursor, len(sentence)), (0, cursor)):
+            for a, b in _occurrences(needle, sentence, lo, hi, fold):
+                if (a, b, typ) not in used:
+                    return a, b
     return None
 
 
 def _locate_near(needle: str, typ: str, sentence: str, anchor: Span, used: set[tuple[int, int, str]]):
-    """The unused occurrence nearest to ``anchor`` (distance between intervals; ties → the earlier one)."""
-    k = len(needle)
-    best: tuple[int, int] | None = None
-    i = sentence.find(needle)
-    while i >= 0:
-        if (i, i + k, typ) not in used:
-            dist = max(0, anchor.start - (i + k), i - anchor.end)
-            if best is None or dist < best[0]:
-                best = (dist, i)
-        i = sentence.find(needle, i + 1)
-    return None if best is None else (best[1], best[1] + k)
+    """The unused occurrence nearest to ``anchor`` (distance between intervals; ties → the earlier one); exact
+    text first, then ignoring letter case."""
+    for fold in (False, True):
+        best: tuple[int, int, int] | None = None
+        for a, b in _occurrences(needle, sentence, 0, len(sentence), fold):
+            if (a, b, typ) not in used:
+                dist = max(0, anchor.start - b, a - anchor.end)
+                if best is None or dist < best[0]:
+                    best = (dist, a, b)
+        if best is not None:
+            return best[1], best[2]
+    return None
 
 
 def parse_json(output: str, sentence_text: str, allowed_types: Iterable[str], head: Span | None = None) -> ParseResult:

@@ -176,6 +176,19 @@ def test_json_cursor_then_wrap_around() -> None:
     assert r.spans == (Span(0, 1, "test"), Span(4, 5, "test"), Span(6, 7, "test")) and r.n_failures == 0
 
 
+def test_json_ignores_letter_case_only_when_the_exact_text_is_absent() -> None:
+    sent = "Aspirin was stopped; aspirin allergy noted ."
+    r = js('[{"type": "drug", "text": "ASPIRIN"}, {"type": "drug", "text": "aspirin"}]', sentence=sent)
+    # "aspirin" exists exactly (offset 21): it takes that one; "ASPIRIN" exists only case-folded and takes offset 0
+    assert r.spans == (Span(0, 7, "drug"), Span(21, 28, "drug")) and r.n_failures == 0
+    r = js('[{"type": "problem", "text": "Chest Pain"}]')
+    assert r == ParseResult((CHEST,), 0, {})
+    assert js('[{"type": "problem", "text": "chest  pain"}]').failures == {"not_found": 1}  # no other leniency
+    head = Span(21, 28, "drug")
+    r = parse('[{"type": "negation", "text": "STOPPED"}]', sent, "re", "json", ["negation"], head=head)
+    assert r.spans == (Span(12, 19, "negation"),) and r.n_failures == 0
+
+
 def test_json_same_extent_different_types() -> None:
     out = '[{"type": "problem", "text": "chest pain"}, {"type": "test", "text": "chest pain"}]'
     r = js(out)
