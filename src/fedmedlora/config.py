@@ -64,6 +64,13 @@ class DataConfig(_Section):
     max_train_examples: int | None = Field(
         None, ge=1, description="Cap on training examples per site (seeded subsample), for quick runs."
     )
+    re_empty_keep: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Fraction (seeded) of RE training examples whose head has no modifier that are kept; "
+        "1 = all, as in the reference. Most heads have none, so a small budget otherwise learns to answer [].",
+    )
 
 
 class FederationConfig(_Section):

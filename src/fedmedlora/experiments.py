@@ -176,8 +176,13 @@ def train_settings(cfg: RunConfig, *, seed: int):
 
 
 def site_examples(bench: Benchmark, site: str, cfg: RunConfig, split: str = "train") -> list[Example]:
-    """A site's instruction examples (its own label set), capped by ``data.max_train_examples`` (seeded)."""
+    """A site's instruction examples (its own label set): for training, RE examples with an empty answer thinned
+    to ``data.re_empty_keep``; then capped by ``data.max_train_examples`` (both seeded)."""
     examples = build_examples(bench.load(site, split), cfg.data.format, cfg.data.tasks)
+    keep = cfg.data.re_empty_keep
+    if keep < 1 and split == "train":
+        rng = random.Random(f"{cfg.seed}:{site}:{split}:re-empty")
+        examples = [ex for ex in examples if ex.task != "re" or ex.n_spans > 0 or rng.random() < keep]
     cap = cfg.data.max_train_examples
     if cap is not None and len(examples) > cap:
         rng = random.Random(f"{cfg.seed}:{site}:{split}")

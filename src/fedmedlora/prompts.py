@@ -85,6 +85,7 @@ class Example:
         sentence_id: ``Sentence.id`` of the sentence it was built from.
         site: the site (hospital) that holds the sentence.
         head: for RE, the ``Entity.id`` of the marked head entity; ``None`` for NER.
+        n_spans: gold spans in the target (0: the answer is empty, e.g. a head without modifiers).
     """
 
     prompt: str
@@ -93,6 +94,7 @@ class Example:
     sentence_id: str
     site: str
     head: str | None = None
+    n_spans: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -408,15 +410,18 @@ def build_examples(
     out: list[Example] = []
     for sent, ls, site_name in _units(source, label_set, site):
         if "ner" in tasks and ls.sorted_entities():
-            target = f.render(sent.text, ner_gold_spans(sent, ls))
-            out.append(Example(build_prompt(sent, ls, "ner", fmt), target, "ner", sent.id, site_name))
+            gold = ner_gold_spans(sent, ls)
+            target = f.render(sent.text, gold)
+            prompt = build_prompt(sent, ls, "ner", fmt)
+            out.append(Example(prompt, target, "ner", sent.id, site_name, n_spans=len(gold)))
         if "re" in tasks:
             for ent in sent.entities:
                 if ent.type not in ls.entities or not ls.modifiers_for(ent.type):
                     continue
-                target = f.render(sent.text, re_gold_spans(sent, ls, ent))
+                gold = re_gold_spans(sent, ls, ent)
+                target = f.render(sent.text, gold)
                 prompt = build_prompt(sent, ls, "re", fmt, head=ent)
-                out.append(Example(prompt, target, "re", sent.id, site_name, head=ent.id))
+                out.append(Example(prompt, target, "re", sent.id, site_name, head=ent.id, n_spans=len(gold)))
     return out
 
 

@@ -142,3 +142,23 @@ def test_cli_data_prepare_and_stats(tmp_path):
     assert r.exit_code == 2 and "--out is required" in r.output
     r = runner.invoke(app, ["data", "stats", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no benchmark manifest" in r.output
+
+
+def test_re_examples_without_modifiers_are_thinned_for_training_only():
+    """data.re_empty_keep drops a seeded share of RE examples whose answer is empty; nothing else changes."""
+    from fedmedlora.config import load_config
+    from fedmedlora.experiments import open_benchmark, site_examples
+
+    def examples(keep: float, split: str = "train"):
+        cfg = load_config(None, ["data.format=json", f"data.re_empty_keep={keep}"])
+        return site_examples(open_benchmark(cfg), "phee", cfg, split)
+
+    every, none, half = examples(1.0), examples(0.0), examples(0.5)
+    empty = [e for e in every if e.task == "re" and e.n_spans == 0]
+    assert empty and all(e.target == "[]" for e in empty)
+    assert none == [e for e in every if not (e.task == "re" and e.n_spans == 0)]
+    kept = [e for e in half if e.task == "re" and e.n_spans == 0]
+    assert 0.3 * len(empty) < len(kept) < 0.7 * len(empty)
+    assert half == examples(0.5)  # seeded
+    assert [e for e in half if e not in kept] == none
+    assert examples(0.0, "dev") == examples(1.0, "dev")  # validation losses see every example

@@ -109,6 +109,8 @@ def test_re_instances_input_marks_one_head_and_target_has_only_its_modifiers() -
         " chest pain again."
     )
     assert t3.target == TEXT  # negative instance: head without modifiers
+    assert [e.n_spans for e in exs] == [2, 2, 0]
+    assert [e.n_spans for e in build_examples(make_doc(), "json", tasks=("ner", "re"))] == [3, 2, 2, 0]
     assert '; <span class="problem">chest pain</span> again.' in t3.prompt
 
 
