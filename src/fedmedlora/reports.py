@@ -197,6 +197,11 @@ def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    def round_axis(ax) -> None:
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +228,7 @@ def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | 
                 any_data = True
                 ax.plot(xs, ys, marker="o", label=method)
         if any_data:
-            ax.set_xlabel("round")
+            round_axis(ax)
             ax.set_ylabel(label)
             ax.legend()
             ax.grid(alpha=0.3)
@@ -236,17 +241,13 @@ def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | 
     if methods:
         fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
         for ax, method in zip(axes[0], methods, strict=True):
-            recs = runs[method]
-            sites = sorted({s for r in recs for s in r.get("weights", {})})
+            recs = [r for r in runs[method] if r.get("weights")]  # round 0 (the initial adapter) has none
+            sites = sorted({s for r in recs for s in r["weights"]})
             for site in sites:
-                ax.plot(
-                    [r["round"] for r in recs],
-                    [r.get("weights", {}).get(site, 0.0) for r in recs],
-                    marker="o",
-                    label=site,
-                )
+                # a site absent from a round's weights was not sampled: it had no say in that round
+                ax.plot([r["round"] for r in recs], [r["weights"].get(site, 0.0) for r in recs], marker="o", label=site)
             ax.set_title(f"{method}: aggregation weights")
-            ax.set_xlabel("round")
+            round_axis(ax)
             ax.set_ylim(0, 1)
             ax.legend()
             ax.grid(alpha=0.3)
@@ -268,8 +269,9 @@ def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | 
             any_bytes = True
             ax.plot(xs, ys, marker="o", label=method)
     if any_bytes:
-        ax.set_xlabel("round")
+        round_axis(ax)
         ax.set_ylabel("MB exchanged (up + down, all sites)")
+        ax.set_ylim(bottom=0)
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -17,17 +17,12 @@ from tinymodel import save_tiny_model
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory) -> Path:
+def _tiny_study_config(model: Path, *overrides: str):
+    """The bundled sample with the tiny random model: 1 step per training, 4 examples per site."""
     from fedmedlora.config import load_config
-    from fedmedlora.federation.client_app import clear_caches
-    from fedmedlora.study import run_study
 
-    root = tmp_path_factory.mktemp("study")
-    model = save_tiny_model(root / "model")
-    cfg = load_config(
+    return load_config(
         overrides=[
-            "name=study-test",
             f"model.name={model}",
             "model.device=cpu",
             "model.dtype=float32",
@@ -35,13 +30,26 @@ def study_dir(tmp_path_factory) -> Path:
             "lora.alpha=4",
             "train.max_steps=1",
             "train.batch_size=2",
-            "train.max_length=768",
             "data.max_train_examples=4",
-            "eval.max_sentences=2",
-            "eval.max_new_tokens=8",
-            "federation.rounds=2",
-            "federation.round_eval_sentences=2",
+            *overrides,
         ]
+    )
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    from fedmedlora.federation.client_app import clear_caches
+    from fedmedlora.study import run_study
+
+    root = tmp_path_factory.mktemp("study")
+    cfg = _tiny_study_config(
+        save_tiny_model(root / "model"),
+        "name=study-test",
+        "train.max_length=768",
+        "eval.max_sentences=2",
+        "eval.max_new_tokens=8",
+        "federation.rounds=2",
+        "federation.round_eval_sentences=2",
     )
     enc = {"epochs": 1, "rounds": 1, "local_epochs": 1, "max_train_sentences": 6, "batch_size": 4}
     clear_caches()
@@ -141,29 +149,13 @@ def test_an_interrupted_federation_resumes_from_its_checkpoint(tmp_path: Path) -
     import numpy as np
 
     from fedmedlora.adapter_io import load_adapter_arrays
-    from fedmedlora.config import load_config
     from fedmedlora.federation.client_app import clear_caches
     from fedmedlora.study import run_study
 
     model = save_tiny_model(tmp_path / "model")
 
     def cfg(rounds: int):
-        return load_config(
-            overrides=[
-                f"model.name={model}",
-                "model.device=cpu",
-                "model.dtype=float32",
-                "lora.r=2",
-                "lora.alpha=4",
-                "train.max_steps=1",
-                "train.batch_size=2",
-                "data.max_train_examples=4",
-                "eval.max_sentences=1",
-                "eval.max_new_tokens=4",
-                "federation.round_eval_sentences=0",
-                f"federation.rounds={rounds}",
-            ]
-        )
+        return _tiny_study_config(model, "eval.max_sentences=1", "eval.max_new_tokens=4", f"federation.rounds={rounds}")
 
     only_fed = ("zero_shot", "single_site", "centralized", "new_site")
     clear_caches()

@@ -49,7 +49,9 @@ def encoder_rows(
             results[name] = {
                 site: {"metrics": r["metrics"], "n_sentences": r.get("n_sentences", 0)} for site, r in per_site.items()
             }
-            extra: dict[str, Any] = {"minutes": round(res.get("seconds", 0) / 60, 1)}
+            # one run trains every single-site model: each row gets its share of the wall time
+            share = len(res["eval"]) if setting == "single_site" else 1
+            extra: dict[str, Any] = {"minutes": round(res.get("seconds", 0) / 60 / share, 1)}
             if setting.startswith("federated"):
                 extra["MB per round (all sites, up+down)"] = round(comm.get("bytes_per_round", 0) / 1e6, 2)
             extras[name] = extra

@@ -175,13 +175,16 @@ class InProcessGrid(Grid):
             if d.name.removeprefix("round_").isdigit() and (d / name).is_file()
         }
 
-    def save_state(self, node: int, server_round: int) -> None:
-        """Save ``node``'s state as it is after answering a message of ``server_round``.
+    def save_state(self, node: int, server_round: int | None) -> None:
+        """Save ``node``'s state as it is after answering a message of ``server_round`` (``None``: a message
+        outside the rounds; it replaces the node's newest save).
 
         Keeps the two newest rounds per site: while round r runs, the last checkpoint is r - 1 or r, and the
         newest state at or before it is one of those two."""
         if self.state_dir is None:
             return
+        if server_round is None:
+            server_round = max(self._state_files(node), default=0)
         path = self.state_dir / f"round_{server_round}" / f"{self._site(node)}.pb"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".partial")
@@ -203,10 +206,11 @@ class InProcessGrid(Grid):
                 ctx.state = recorddict_from_proto(proto)
 
 
-def _message_round(msg: Message) -> int:
-    """The server round a message belongs to (``config["server-round"]``; 0 when it carries none)."""
+def _message_round(msg: Message) -> int | None:
+    """The server round a message belongs to (``config["server-round"]``; ``None`` when it carries none)."""
     config = msg.content.config_records.get("config")
-    return int(config.get("server-round", 0)) if config is not None else 0
+    rnd = config.get("server-round") if config is not None else None
+    return None if rnd is None else int(rnd)
 
 
 @dataclass
