@@ -232,13 +232,12 @@ def _resume_federation(cfg: RunConfig, fed_dir: Path, name: str, progress) -> tu
     Returns the federation result and the seconds its earlier rounds took, or ``(None, 0.0)`` when there is no
     checkpoint or the run there was made with a different configuration (the caller starts it again).
     """
-    from fedmedlora.federation.server_app import STATE_FILE, ResumeError
+    from fedmedlora.federation.server_app import ResumeError, checkpointed_round
     from fedmedlora.federation.simulation import run_federation
 
-    state_path = fed_dir / STATE_FILE
-    if not state_path.is_file():
+    done = checkpointed_round(fed_dir)
+    if done is None:
         return None, 0.0
-    done = int(json.loads(state_path.read_text(encoding="utf-8")).get("round", 0))
     before = RunDir(fed_dir).read_jsonl("rounds.jsonl")
     seconds = sum(float(r.get("seconds", 0.0)) for r in before if 0 < r.get("round", 0) <= done)
     try:

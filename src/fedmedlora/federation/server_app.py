@@ -28,6 +28,7 @@ May import flwr; torch/transformers are reached only through ``fedmedlora.experi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -53,6 +54,14 @@ SERVER_SPLIT_DIR = "_server"
 SERVER_SPLIT = "validation"
 
 app = ServerApp()
+
+
+def checkpointed_round(run_dir: str | Path) -> int | None:
+    """The last round checkpointed in ``run_dir`` (``federation_state.json``), or ``None`` if there is none."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text(encoding="utf-8"))["round"])
 
 
 class ResumeError(RuntimeError):

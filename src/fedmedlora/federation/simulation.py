@@ -19,7 +19,6 @@ May import flwr; torch only through the apps.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -294,11 +293,9 @@ def run_federation(
     }
     grid = InProcessGrid(client_app or client_module.app, contexts, run, state_dir=run_path / SIM_STATE_DIR)
     if resume:
-        from fedmedlora.federation.server_app import STATE_FILE
-
-        state_file = run_path / STATE_FILE
-        if state_file.is_file():  # otherwise the ServerApp refuses to resume, naming the missing file
-            grid.load_states(int(json.loads(state_file.read_text(encoding="utf-8"))["round"]))
+        done = server_module.checkpointed_round(run_path)
+        if done is not None:  # otherwise the ServerApp refuses to resume, naming the missing file
+            grid.load_states(done)
     server_ctx = Context(
         run_id=run_id,
         node_id=SUPERLINK_NODE_ID,
