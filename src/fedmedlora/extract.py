@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fedmedlora.jsonl import iter_json_lines
 from fedmedlora.parsing import parse
 from fedmedlora.prompts import allowed_types, build_prompt
 from fedmedlora.schema import Document, Entity, LabelSet, Modifier, Sentence
@@ -143,17 +144,7 @@ def read_notes(paths: Sequence[Path]) -> list[tuple[str, str]]:
         if not p.is_file():
             raise NotesError(f"{p}: no such file")
         if p.suffix == ".jsonl":
-            try:
-                lines = p.read_text(encoding="utf-8").split("\n")
-            except UnicodeDecodeError as e:
-                raise NotesError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise NotesError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+            for n, obj in iter_json_lines(p, NotesError):
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                     raise NotesError(f"{p}:{n}: text: expected an object with a string 'text' field")
                 notes.append((str(obj.get("id", f"{p.stem}-{n}")), obj["text"]))

@@ -139,22 +139,36 @@ def read_documents(path: str | Path) -> list[Document]:
     return list(iter_documents(path))
 
 
-def iter_documents(path: str | Path) -> Iterator[Document]:
+def iter_json_lines(path: str | Path, error: type[ValueError] = JsonlError) -> Iterator[tuple[int, Any]]:
+    """``(line number, decoded value)`` for each non-blank line of a UTF-8 JSONL file.
+
+    Raises:
+        error: (``JsonlError`` unless given) naming ``file`` or ``file:line`` for a missing file, a line that is
+            not UTF-8, or a line that is not valid JSON.
+    """
     path = Path(path)
     if not path.is_file():
-        raise JsonlError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        raise error(f"{path}: no such file")
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise JsonlError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            try:
-                yield document_from_dict(obj)
-            except SchemaError as e:
-                raise JsonlError(f"{path}:{lineno}: {e}") from None
+                raise error(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def iter_documents(path: str | Path) -> Iterator[Document]:
+    for lineno, obj in iter_json_lines(path):
+        try:
+            yield document_from_dict(obj)
+        except SchemaError as e:
+            raise JsonlError(f"{path}:{lineno}: {e}") from None
 
 
 def write_documents(path: str | Path, docs: Iterable[Document]) -> int:

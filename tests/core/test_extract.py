@@ -92,6 +92,9 @@ def test_read_notes_errors_name_file_and_line(tmp_path):
     assert notes == [("a", "Line one.\r\nLine two."), ("n1", "Hi.")]
     with pytest.raises(NotesError, match="no such file"):
         read_notes([tmp_path / "missing.txt"])
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(NotesError, match=r"c.jsonl:1: not UTF-8 text"):
+        read_notes([tmp_path / "c.jsonl"])
 
 
 def test_note_ids_must_be_unique_and_path_safe(tmp_path):

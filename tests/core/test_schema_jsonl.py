@@ -94,3 +94,6 @@ def test_invalid_json_line(tmp_path):
         read_documents(p)
     with pytest.raises(JsonlError, match="no such file"):
         read_documents(tmp_path / "missing.jsonl")
+    p.write_bytes(b"\n" + b'{"id": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(JsonlError, match=r"bad.jsonl:2: not UTF-8 text"):
+        read_documents(p)
