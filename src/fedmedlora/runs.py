@@ -22,6 +22,7 @@ from typing import Any
 
 from fedmedlora import __version__
 from fedmedlora.config import RunConfig
+from fedmedlora.jsonl import iter_json_lines
 
 
 class RunDir:
@@ -68,7 +69,7 @@ class RunDir:
         p = self.path / name
         if not p.is_file():
             return []
-        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [obj for _, obj in iter_json_lines(p)]
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text(encoding="utf-8"))

@@ -9,12 +9,13 @@ Must not import torch, transformers, peft or flwr.
 
 from __future__ import annotations
 
-import json
+import itertools
 from pathlib import Path
 from typing import Any
 
 from fedmedlora.corpora.common import CorpusError, Drops, RawEntity, RawModifier, build_document, join_fragments
 from fedmedlora.corpora.mapping import LABEL_SETS, PHEE_DRUG_MODIFIERS, PHEE_EFFECT_CUES, PHEE_ENTITIES
+from fedmedlora.jsonl import iter_json_lines
 from fedmedlora.schema import Document
 
 SITE = "phee"
@@ -130,18 +131,7 @@ def read_phee(root: str | Path, max_docs: int | None = None) -> tuple[list[Docum
     drops: Drops = Drops()
     docs = []
     for split, name in SPLIT_FILES.items():
-        path = folder / name
-        with path.open(encoding="utf-8") as f:
-            n = 0
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if max_docs is not None and n >= max_docs:
-                    break
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                docs.append(convert_phee(obj, split, drops, file=f"data/json/{name}", line=lineno))
-                n += 1
+        lines = iter_json_lines(folder / name, CorpusError)
+        for lineno, obj in itertools.islice(lines, max_docs):  # max_docs None: every line
+            docs.append(convert_phee(obj, split, drops, file=f"data/json/{name}", line=lineno))
     return docs, drops
