@@ -764,13 +764,13 @@ def completed_rounds(run_dir: str | Path) -> list[int]:
     path = Path(run_dir) / "rounds.jsonl"
     if not path.is_file():
         return []
+    from fedmedlora.jsonl import iter_json_lines
+
     rounds = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, record in iter_json_lines(path, DeployError):
         try:
-            rounds.append(int(json.loads(line)["round"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            rounds.append(int(record["round"]))
+        except (KeyError, TypeError, ValueError):
             raise DeployError(f"{path}:{i}: not a round record") from None
     return rounds
 

@@ -139,7 +139,7 @@ def read_documents(path: str | Path) -> list[Document]:
     return list(iter_documents(path))
 
 
-def iter_json_lines(path: str | Path, error: type[ValueError] = JsonlError) -> Iterator[tuple[int, Any]]:
+def iter_json_lines(path: str | Path, error: type[Exception] = JsonlError) -> Iterator[tuple[int, Any]]:
     """``(line number, decoded value)`` for each non-blank line of a UTF-8 JSONL file.
 
     Raises:
@@ -158,9 +158,10 @@ def iter_json_lines(path: str | Path, error: type[ValueError] = JsonlError) -> I
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise error(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            yield lineno, obj
 
 
 def iter_documents(path: str | Path) -> Iterator[Document]:

@@ -97,3 +97,19 @@ def test_invalid_json_line(tmp_path):
     p.write_bytes(b"\n" + b'{"id": "caf\xe9"}\n')  # Latin-1, not UTF-8
     with pytest.raises(JsonlError, match=r"bad.jsonl:2: not UTF-8 text"):
         read_documents(p)
+
+
+def test_deploy_reads_round_records_through_the_same_reader(tmp_path):
+    """The deploy watchdog's round log reader names file:line for bad JSON and for records without a round."""
+    from fedmedlora.deploy import DeployError, completed_rounds
+
+    assert completed_rounds(tmp_path) == []
+    log = tmp_path / "rounds.jsonl"
+    log.write_text('{"round": 0}\n\n{"round": 1, "sites": ["a"]}\n', encoding="utf-8")
+    assert completed_rounds(tmp_path) == [0, 1]
+    log.write_text('{"round": 0}\n{"round": \n', encoding="utf-8")
+    with pytest.raises(DeployError, match=r"rounds.jsonl:2: not valid JSON"):
+        completed_rounds(tmp_path)
+    log.write_text('{"round": 0}\n{"sites": []}\n', encoding="utf-8")
+    with pytest.raises(DeployError, match=r"rounds.jsonl:2: not a round record"):
+        completed_rounds(tmp_path)
