@@ -26,7 +26,7 @@ import json, time
 t0 = time.perf_counter()
 import fedmedlora.federation.client_app  # noqa: F401  (torch, transformers, peft, flwr)
 from fedmedlora.config import load_config
-from fedmedlora.experiments import Session
+from fedmedlora.lm.session import Session
 t1 = time.perf_counter()
 Session.load(load_config("demo"))
 t2 = time.perf_counter()
@@ -42,7 +42,7 @@ def main() -> None:
 
     # materialise the default model once (not part of a round)
     subprocess.run(
-        [sys.executable, "-c", "from fedmedlora.model import load_base_model; load_base_model(None)"],
+        [sys.executable, "-c", "from fedmedlora.lm.model import load_base_model; load_base_model(None)"],
         check=True,
         capture_output=True,
     )

@@ -1,7 +1,7 @@
 """Bytes each site uploads and downloads per round: LoRA adapter (per transport method) vs full-model exchange.
 
 Models are instantiated from their architecture config on PyTorch's ``meta`` device (no weights, no download),
-LoRA is attached with ``fedmedlora.model.attach_lora`` and the adapter's tensors are listed with
+LoRA is attached with ``fedmedlora.lm.model.attach_lora`` and the adapter's tensors are listed with
 ``peft.get_peft_model_state_dict`` (the keys and shapes that travel). Payload sizes are then *measured* by
 running ``fedmedlora.compression.encode`` on random float32 arrays of exactly those shapes (``--no-measure``:
 computed analytically) — the encode/decode times are reported too.
@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, human_bytes, machine_info, machine_label, print_table, write_json
-from fedmedlora.aggregation import is_lora_A, is_lora_B
-from fedmedlora.compression import METHODS, decode, encode, estimate_nbytes, payload_nbytes
+from fedmedlora.aggregation import is_lora_A, is_lora_B, nbytes
+from fedmedlora.compression import METHODS, decode, encode, estimate_nbytes
 
 ALL7 = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -104,7 +104,7 @@ def smollm2_config() -> tuple[dict[str, Any], str]:
     """SmolLM2-135M's config: materialised cache folder → GGUF metadata → hand-written copy."""
     import json
 
-    from fedmedlora.model import DEFAULT_MODEL_CACHE_NAME, default_cache_dir, default_model_gguf
+    from fedmedlora.lm.model import DEFAULT_MODEL_CACHE_NAME, default_cache_dir, default_model_gguf
 
     keys = CONFIGS["smollm2-135m"].keys()
     cached = default_cache_dir() / DEFAULT_MODEL_CACHE_NAME / "config.json"
@@ -129,7 +129,8 @@ def adapter_shapes(cfg_dict: dict[str, Any], targets: tuple[str, ...], r: int) -
     from peft import get_peft_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fedmedlora.model import LoraSettings, attach_lora
+    from fedmedlora.config import LoraConfig
+    from fedmedlora.lm.model import attach_lora
 
     kwargs = {k: v for k, v in cfg_dict.items() if k != "model_type"}
     cfg = AutoConfig.for_model(cfg_dict["model_type"], **kwargs)
@@ -137,7 +138,7 @@ def adapter_shapes(cfg_dict: dict[str, Any], targets: tuple[str, ...], r: int) -
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(cfg)
         total = sum(p.numel() for p in model.parameters())  # tied weights counted once
-        peft_model = attach_lora(model, LoraSettings(r=r, alpha=4 * r, target_modules=targets))
+        peft_model = attach_lora(model, LoraConfig(r=r, alpha=4 * r, target_modules=targets))
         state = get_peft_model_state_dict(peft_model)
     return int(total), {k: tuple(v.shape) for k, v in state.items()}
 
@@ -169,7 +170,7 @@ def measure_methods(shapes: dict[str, tuple], seed: int = 0) -> dict[str, dict[s
         t1 = time.perf_counter()
         decoded = decode(payload, method)
         t2 = time.perf_counter()
-        out[method] = {"bytes": payload_nbytes(payload), "encode_s": t1 - t0, "decode_s": t2 - t1}
+        out[method] = {"bytes": nbytes(payload), "encode_s": t1 - t0, "decode_s": t2 - t1}
         del payload, state, decoded
     return out
 

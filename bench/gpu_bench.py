@@ -3,7 +3,7 @@
 The model is built from the Llama-3.1-8B architecture config (``comm_bytes.CONFIGS``) with random weights
 directly on the GPU in bf16 — no download. Measured, each after warm-up steps:
 
-* ``lora-bf16``: bf16 base + LoRA r=16 on the 7 projections (``fedmedlora.model.attach_lora``), AdamW on the
+* ``lora-bf16``: bf16 base + LoRA r=16 on the 7 projections (``fedmedlora.lm.model.attach_lora``), AdamW on the
   LoRA parameters; tokens/s and ``torch.cuda.max_memory_allocated``.
 * ``lora-nf4``: QLoRA (NF4 base, bf16 compute, the reference setting), only if ``bitsandbytes`` is importable.
   The random bf16 model is saved to a temporary folder and reloaded quantised (needs ~16 GB of disk).
@@ -115,7 +115,8 @@ def _train(model: Any, params: list[Any], device: Any, args: argparse.Namespace,
 def run_lora(cfg: dict[str, Any], device: Any, args: argparse.Namespace, quantised: bool) -> dict[str, Any]:
     import torch
 
-    from fedmedlora.model import LoraSettings, attach_lora, count_parameters
+    from fedmedlora.config import LoraConfig
+    from fedmedlora.lm.model import attach_lora, count_parameters
 
     _peak_reset(device)
     tmp = None
@@ -145,7 +146,7 @@ def run_lora(cfg: dict[str, Any], device: Any, args: argparse.Namespace, quantis
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
     weights_gib = _peak(device)
-    peft_model = attach_lora(model, LoraSettings(r=16, alpha=64, target_modules=ALL7), seed=0)
+    peft_model = attach_lora(model, LoraConfig(r=16, alpha=64, target_modules=ALL7), seed=0)
     trainable, total = count_parameters(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     res = _train(peft_model, params, device, args, cfg["vocab_size"])

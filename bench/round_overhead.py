@@ -2,8 +2,8 @@
 
 Runs the real ServerApp and ClientApp through ``fedmedlora.federation.simulation.run_federation`` (in-process,
 every message serialised to protobuf as on the wire) with a tiny random Llama (``tests/tinymodel.py``,
-2 layers, hidden 32) on 3 and 10 simulated sites. ``fedmedlora.train.train_local`` and
-``fedmedlora.train.validation_loss`` are wrapped with timers; what is left of each round's wall time is the
+2 layers, hidden 32) on 3 and 10 simulated sites. ``fedmedlora.lm.train.train_local`` and
+``fedmedlora.lm.train.validation_loss`` are wrapped with timers; what is left of each round's wall time is the
 framework: message building and (de)serialisation, checks, aggregation, adapter checkpoints, logs.
 
 Usage::
@@ -54,10 +54,10 @@ def build_world(root: Path, n_sites: int) -> list[str]:
 
 
 class Timers:
-    """Wraps ``fedmedlora.train.train_local`` / ``validation_loss`` and records (kind, start, end)."""
+    """Wraps ``fedmedlora.lm.train.train_local`` / ``validation_loss`` and records (kind, start, end)."""
 
     def __init__(self) -> None:
-        import fedmedlora.train as train_module
+        import fedmedlora.lm.train as train_module
 
         self.module = train_module
         self.calls: list[tuple[str, float, float]] = []

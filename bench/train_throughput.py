@@ -1,4 +1,4 @@
-"""Training throughput: ``fedmedlora.train.train_local`` vs a plain transformers + peft loop.
+"""Training throughput: ``fedmedlora.lm.train.train_local`` vs a plain transformers + peft loop.
 
 Both loops use the same base model, LoRA settings, examples, batch order, batch size, ``max_length``, AdamW
 settings and number of steps; the baseline is the textbook loop (render prompt + answer + EOS as one text,
@@ -35,8 +35,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-from fedmedlora.model import LoraSettings, attach_lora, format_prompt, load_base_model
-from fedmedlora.train import TrainSettings, train_local
+from fedmedlora.config import LoraConfig
+from fedmedlora.lm.model import attach_lora, format_prompt, load_base_model
+from fedmedlora.lm.train import TrainSettings, train_local
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     source = tiny_model_dir() if args.tiny else args.model
-    lora = LoraSettings()
+    lora = LoraConfig()
     settings = TrainSettings(
         batch_size=args.batch_size, max_length=args.max_length, max_steps=args.steps, seed=0, loss_on="answer"
     )

@@ -89,7 +89,7 @@ def build_tiny_model(tokenizer, seed: int = 0):
 
 
 def save_tiny_model(out: Path, seed: int = 0) -> Path:
-    """Build and save a tiny model + tokenizer folder loadable by ``fedmedlora.model.load_base_model``."""
+    """Build and save a tiny model + tokenizer folder loadable by ``fedmedlora.lm.model.load_base_model``."""
     tokenizer = build_tiny_tokenizer()
     build_tiny_model(tokenizer, seed=seed).save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -42,6 +42,7 @@ robust choice.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -316,9 +317,77 @@ def decode(
     return out
 
 
-def payload_nbytes(payload: Mapping[str, np.ndarray]) -> int:
-    """Bytes on the wire for the tensor data of a payload (sum of ``nbytes``, scales included)."""
-    return int(sum(np.asarray(a).nbytes for a in payload.values()))
+def download_method(method: Method | str) -> str:
+    """How the global adapter travels down: int8 uploads pair with an fp16 download (no per-site reference)."""
+    return "fp16" if method == "int8" else method
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Both ends of one federation's adapter transport, for one ``method`` (``federation.compression``).
+
+    Down (server → sites): the global adapter in ``download_method(method)``, without error feedback; both ends
+    work from the rounded arrays, so the server's reference equals what the sites start from. Up (site → server):
+    ``method`` applied to the site's update; for int8, the delta from the received global adapter, with the
+    site's error-feedback residual carried across rounds by the caller.
+    """
+
+    method: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_method(self.method)
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def down(self) -> str:
+        return download_method(self.method)
+
+    # -- server side ---------------------------------------------------------------------------------------------
+    def send_down(self, arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(payload, as_received)``: the download payload and the float32 arrays the sites will decode from it."""
+        if not self.enabled:
+            return dict(arrays), dict(arrays)
+        payload, _ = encode(arrays, self.down, error_feedback=False)
+        return payload, decode(payload, self.down)
+
+    def upload_spec(self, spec: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """What an upload of tensors with float32 ``spec`` (name → (shape, dtype)) looks like on the wire."""
+        if not self.enabled:
+            return dict(spec)
+        zeros = {k: np.zeros(shape, np.float32) for k, (shape, _) in spec.items()}
+        payload, _ = encode(zeros, self.method, error_feedback=False)
+        return {k: (tuple(v.shape), v.dtype.name) for k, v in payload.items()}
+
+    def receive_up(self, payload: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A site's upload as float32 arrays; ``sent`` is the global adapter as the sites received it."""
+        if not self.enabled:
+            return dict(payload)
+        ref = {k: sent[k] for k in payload if k in sent}
+        return decode(payload, self.method, reference=ref)
+
+    # -- site side -----------------------------------------------------------------------------------------------
+    def receive_down(self, payload: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The global adapter from its download payload."""
+        return decode(payload, self.down) if self.enabled else dict(payload)
+
+    def send_up(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        received: Mapping[str, np.ndarray],
+        residual: Mapping[str, np.ndarray] | None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(payload, new_residual)`` for a site's upload of ``arrays``: the delta from the ``received`` global
+        adapter (where it has the key), with ``residual`` (the previous call's, or None) fed back. A residual
+        whose key set differs from ``arrays`` (e.g. FedSA's last round uploads more) starts afresh."""
+        if not self.enabled:
+            return dict(arrays), {}
+        ref = {k: received[k] for k in arrays if k in received}
+        if residual is not None and set(residual) != set(arrays):
+            residual = None
+        return encode(arrays, self.method, residual, reference=ref if ref else None)
 
 
 def estimate_nbytes(n_values: int, n_tensors: int, method: Method | str, *, n_scales: int | None = None) -> int:
@@ -342,10 +411,11 @@ __all__ = [
     "METHODS",
     "SCALE_SUFFIX",
     "CompressionError",
+    "Transport",
     "bf16_bits_to_float32",
     "decode",
+    "download_method",
     "encode",
     "estimate_nbytes",
     "float32_to_bf16_bits",
-    "payload_nbytes",
 ]

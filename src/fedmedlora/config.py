@@ -8,11 +8,15 @@ Must not import torch, transformers, peft or flwr.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedmedlora.aggregation import LOSS_SOURCES, RULES, SIZE_KEYS
+from fedmedlora.compression import METHODS
 
 
 class _Section(BaseModel):
@@ -53,7 +57,7 @@ class TrainConfig(_Section):
         "answer", description="'answer': loss on the answer tokens only; 'all': prompt too (reference code)."
     )
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient-norm clipping; None disables it.")
     keep_optimizer_state: bool = Field(False, description="Carry AdamW state across federated rounds.")
 
 
@@ -74,11 +78,11 @@ class DataConfig(_Section):
 
 
 class FederationConfig(_Section):
-    strategy: Literal["fedmedlora", "fedmedlora+", "fedsa", "ffa"] = "fedmedlora"
+    strategy: Literal[RULES] = Field("fedmedlora", description=f"Aggregation rule: one of {', '.join(RULES)}.")
     rounds: int = Field(2, ge=1)
     sites: list[str] | None = Field(None, description="Training sites; None = the benchmark's training sites.")
-    weight_by: Literal["tokens", "examples"] = "tokens"
-    plus_loss_source: Literal["server", "site"] = Field(
+    weight_by: Literal[SIZE_KEYS] = "tokens"
+    plus_loss_source: Literal[LOSS_SOURCES] = Field(
         "server",
         description="Fed-MedLoRA+: 'server' = loss on the coordinator-held validation set (paper); 'site' = each "
         "site reports the loss on its own dev split (no labelled data at the server).",
@@ -88,7 +92,7 @@ class FederationConfig(_Section):
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(1, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0)
-    compression: Literal["none", "fp16", "bf16", "int8"] = Field(
+    compression: Literal[METHODS] = Field(
         "none",
         description="Adapter transport: 'none' (float32), 'fp16'/'bf16' both ways, or 'int8' uploads of the delta "
         "from the received global adapter with error feedback (download in fp16).",
@@ -116,7 +120,7 @@ class EvalConfig(_Section):
 class StudyConfig(_Section):
     encoder: bool = Field(False, description="Add the encoder (BERT-style) baseline rows to the study table.")
     encoder_settings: dict[str, Any] = Field(
-        default_factory=dict, description="fedmedlora.encoder.train.EncoderSettings fields for those rows."
+        default_factory=dict, description="fedmedlora.encoder.settings.EncoderSettings fields for those rows."
     )
 
 
@@ -149,7 +153,7 @@ class RunConfig(_Section):
     def to_flower_run_config(self) -> dict[str, bool | int | float | str]:
         """Flatten to Flower's run-config form. Lists and None are JSON-encoded strings (prefix ``json:``)."""
         flat: dict[str, bool | int | float | str] = {}
-        for key, value in _flatten(self.model_dump(mode="json")).items():
+        for key, value in flatten(self.model_dump(mode="json")).items():
             if isinstance(value, bool | int | float | str):
                 flat[key] = value
             else:
@@ -159,34 +163,47 @@ class RunConfig(_Section):
     @classmethod
     def from_flower_run_config(cls, flat: dict[str, Any]) -> RunConfig:
         """Inverse of ``to_flower_run_config``; unknown keys (e.g. Flower's own) are ignored."""
-        tree: dict[str, Any] = {}
         fields = set(cls.model_fields)
-        for key, value in flat.items():
-            if key.split(".")[0] not in fields:
-                continue
-            if isinstance(value, str) and value.startswith("json:"):
-                value = json.loads(value[5:])
-            node = tree
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return cls.model_validate(tree)
+        ours = {
+            key: json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
+            for key, value in flat.items()
+            if key.split(".")[0] in fields
+        }
+        return cls.model_validate(unflatten(ours))
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message lists every bad field with its source."""
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → ``{"a.b.c": value}`` (the inverse of ``unflatten``)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b.c": value}`` → nested dict (the inverse of ``flatten``).
+
+    Raises:
+        ValueError: a key needs a section where another key put a value (``a.b=1`` and ``a.b.c=2``).
+    """
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"key {key!r} clashes with a scalar key {p!r}")
+        node[leaf] = value
+    return tree
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

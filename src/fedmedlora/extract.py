@@ -1,8 +1,9 @@
 """Extraction: sentences → prompts → batched greedy generation → parsed spans → schema records.
 
 Owns the inference pipeline shared by ``fedmedlora extract`` (raw notes) and ``fedmedlora evaluate`` (benchmark
-splits), and the note readers/writers for extraction (plain text, JSONL, BRAT standoff). The model is any object the
-``generate_fn`` accepts; the default calls ``fedmedlora.generate.generate`` (torch), imported lazily.
+splits), and the note readers/writers for extraction (plain text, JSONL, BRAT standoff). The model is any
+``generate_fn(prompts) -> answers``; running a loaded model over notes is ``fedmedlora.recipes.extract``.
+Pure core: no torch, no model.
 
 Relation extraction follows the paper: one RE prompt per head entity with that entity marked in the input. Heads are
 either the gold entities (``heads="gold"``, the paper's RE evaluation protocol: RE scored independently of NER) or
@@ -11,7 +12,6 @@ the entities predicted by the NER pass (``heads="predicted"``, end-to-end extrac
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,6 +23,7 @@ from fedmedlora.jsonl import iter_json_lines
 from fedmedlora.parsing import parse
 from fedmedlora.prompts import allowed_types, build_prompt
 from fedmedlora.schema import Document, Entity, LabelSet, Modifier, Sentence
+from fedmedlora.segment import split_sentences
 
 GenerateFn = Callable[[list[str]], list[str]]
 
@@ -34,12 +35,14 @@ class ExtractionStats:
     n_prompts: Counter[str] = field(default_factory=Counter)  # per task
     n_failed_outputs: Counter[str] = field(default_factory=Counter)  # outputs with >=1 parse failure, per task
     failures: Counter[str] = field(default_factory=Counter)  # failure reasons, summed
+    by_task: dict[str, Counter[str]] = field(default_factory=dict)  # failure reasons per task
 
     def add(self, task: str, n_failures: int, reasons: dict[str, int]) -> None:
         self.n_prompts[task] += 1
         if n_failures:
             self.n_failed_outputs[task] += 1
         self.failures.update(reasons)
+        self.by_task.setdefault(task, Counter()).update(reasons)
 
     def to_dict(self) -> dict:
         return {
@@ -55,6 +58,8 @@ class ExtractionStats:
         self.n_prompts.update(other.n_prompts)
         self.n_failed_outputs.update(other.n_failed_outputs)
         self.failures.update(other.failures)
+        for task, reasons in other.by_task.items():
+            self.by_task.setdefault(task, Counter()).update(reasons)
 
 
 def extract_sentences(
@@ -99,7 +104,7 @@ def extract_sentences(
         jobs: list[tuple[int, Entity]] = []
         for i, (sent, ls) in enumerate(items):
             head_list = sent.entities if heads == "gold" else pred_entities[i]
-            jobs.extend((i, h) for h in head_list if h.type in ls.entities and ls.modifiers_for(h.type))
+            jobs.extend((i, h) for h in head_list if ls.is_re_head(h.type))
         prompts = []
         for i, h in jobs:
             sent, ls = items[i]
@@ -217,46 +222,9 @@ def to_brat(doc: Document) -> str:
 
 def notes_to_documents(notes: Sequence[tuple[str, str]], label_set: LabelSet, site: str = "notes") -> list[Document]:
     """Segment raw notes into sentences (offsets preserved) as unannotated documents."""
-    from fedmedlora.segment import split_sentences
 
     docs = []
     for note_id, text in notes:
         sents = tuple(Sentence(f"{note_id}:{i}", a, b, text[a:b]) for i, (a, b) in enumerate(split_sentences(text)))
         docs.append(Document(note_id, site, "test", text, sents, label_set, meta={"source": "notes"}))
     return docs
-
-
-def extract_notes(
-    cfg,
-    paths: Sequence[Path],
-    out: Path,
-    *,
-    adapter: Path | None = None,
-    brat_dir: Path | None = None,
-    entities: Sequence[str] | None = None,
-    modifiers: Sequence[str] | None = None,
-) -> int:
-    """Run NER then RE (on the predicted entities) over notes; write JSONL (and BRAT). Returns the note count."""
-    from fedmedlora.adapter_io import load_adapter_arrays
-    from fedmedlora.experiments import Session
-    from fedmedlora.schema import ENTITY_TYPES, MODIFIER_TYPES
-
-    label_set = LabelSet(frozenset(entities or ENTITY_TYPES), frozenset(modifiers or MODIFIER_TYPES))
-    notes = read_notes(paths)
-    check_note_ids(notes, paths)
-    docs = notes_to_documents(notes, label_set)
-    session = Session.load(cfg)
-    session.set_arrays(load_adapter_arrays(adapter) if adapter is not None else None)
-    items = [(s, d.label_set) for d in docs for s in d.sentences]
-    preds = iter(extract_sentences(items, session.generate_fn(), fmt=cfg.data.format, tasks=cfg.data.tasks))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for d in docs:
-            pred_doc = Document(d.id, d.site, d.split, d.text, tuple(next(preds) for _ in d.sentences), d.label_set)
-            f.write(json.dumps(to_output_record(pred_doc), ensure_ascii=False) + "\n")
-            if brat_dir is not None:
-                brat_dir.mkdir(parents=True, exist_ok=True)
-                (brat_dir / f"{d.id}.txt").write_text(d.text, encoding="utf-8", newline="")
-                (brat_dir / f"{d.id}.ann").write_text(to_brat(pred_doc), encoding="utf-8")
-    return len(docs)

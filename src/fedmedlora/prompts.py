@@ -416,7 +416,7 @@ def build_examples(
             out.append(Example(prompt, target, "ner", sent.id, site_name, n_spans=len(gold)))
         if "re" in tasks:
             for ent in sent.entities:
-                if ent.type not in ls.entities or not ls.modifiers_for(ent.type):
+                if not ls.is_re_head(ent.type):
                     continue
                 gold = re_gold_spans(sent, ls, ent)
                 target = f.render(sent.text, gold)
@@ -440,6 +440,6 @@ def count_unrepresentable(
             counts["ner"] += len(f.unrepresentable(ner_gold_spans(sent, ls)))
         if "re" in tasks:
             for ent in sent.entities:
-                if ent.type in ls.entities and ls.modifiers_for(ent.type):
+                if ls.is_re_head(ent.type):
                     counts["re"] += len(f.unrepresentable(re_gold_spans(sent, ls, ent)))
     return counts

@@ -178,6 +178,34 @@ def unseen_site_markdown(rows: Sequence[Mapping[str, Any]], compare: Sequence[st
     return "\n".join(lines) + "\n"
 
 
+STUDY_NOTE = (
+    "\nstrict = exact span and type; lenient = overlapping span, same type. RE is scored with gold heads "
+    "(the paper's protocol). In-domain (all) sums the counts of the training sites' test splits. "
+    "Types a site does not annotate are never scored there.\n"
+)
+
+
+def study_markdown(
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    groups: Mapping[str, Sequence[str]],
+    extras: Mapping[str, Mapping[str, Any]],
+    unseen: Mapping[str, Sequence[Mapping[str, Any]]],
+    compare: Mapping[str, Sequence[str]],
+    plots: Sequence[Path],
+    title: str,
+) -> tuple[list, str]:
+    """A study's ``study.md``: the comparison table, the unseen-site tables (one per kind of model: ``unseen[kind]``
+    compared with ``compare[kind]``) and the plots. Returns the comparison rows and the Markdown."""
+    rows = comparison_rows(results, groups)
+    md = comparison_markdown(rows, extras, title=f"{title}: micro F1 (%)") + STUDY_NOTE
+    for kind, kind_rows in unseen.items():
+        heading = f"Sites a single-site model did not train on ({kind}): micro F1 (%)"
+        md += "\n" + unseen_site_markdown(kind_rows, compare[kind], title=heading)
+    if plots:
+        md += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) + "\n"
+    return rows, md
+
+
 def comparison_csv(rows) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)

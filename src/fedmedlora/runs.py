@@ -1,28 +1,56 @@
-"""The self-describing run folder.
+"""The self-describing run folder, and the one place every run-file name is defined.
 
-Owns the layout every command writes (and nothing else writes run files)::
+Owns the layout every command writes (and nothing else names run files)::
 
-    <run>/config.yaml          resolved RunConfig, written before any work starts
-    <run>/run.json             what ran: command, setting, sites, versions, start/end time, status
-    <run>/rounds.jsonl         one record per federated round (or one per local training call)
-    <run>/comm.jsonl           one record per message: round, site, direction, tensor count, bytes, tensor names
-    <run>/adapters/round_<N>/  PEFT adapter folders (checkpoints); adapters/final/ the final adapter
-    <run>/eval/<name>.json|md  evaluation tables
+    <run>/config.yaml                resolved RunConfig, written before any work starts
+    <run>/run.json                   what ran: command, setting, sites, versions, start/end time, status
+    <run>/rounds.jsonl               one record per federated round (or one per local training call)
+    <run>/comm.jsonl                 one record per message: round, site, direction, tensor count, bytes, names
+    <run>/federation_state.json      a federation's resume point (``fedmedlora.federation.checkpoint``)
+    <run>/sim_state/round_<N>/       the in-process simulation's per-site state (``federation.simulation``)
+    <run>/adapters/round_<N>/        PEFT adapter folders (checkpoints); adapters/final/ the final adapter
+    <run>/eval/<name>.json|md        evaluation tables; eval/<name>_outputs.jsonl the raw generations
+    <study>/study.md|csv|json        a study's comparison (``fedmedlora.recipes.study``); <row>/study_row.json
 
-Must not import torch or flwr.
+Also ``peak_rss_mb`` (the peak memory recorded in run records). Pure core: must not import torch or flwr.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from fedmedlora import __version__
-from fedmedlora.config import RunConfig
+from fedmedlora.config import RunConfig, load_config
 from fedmedlora.jsonl import iter_json_lines
+
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+ROUNDS_FILE = "rounds.jsonl"
+COMM_FILE = "comm.jsonl"
+STATE_FILE = "federation_state.json"
+SIM_STATE_DIR = "sim_state"
+ADAPTERS_DIR = "adapters"
+FINAL = "final"
+EVAL_DIR = "eval"
+STUDY_MD, STUDY_CSV, STUDY_JSON = "study.md", "study.csv", "study.json"
+STUDY_ROW_FILE = "study_row.json"
+
+
+def eval_file(name: str, suffix: str = ".json") -> str:
+    """``eval/<name><suffix>``: ``.json`` (scores), ``.md`` (tables), ``_outputs.jsonl`` (raw generations)."""
+    return f"{EVAL_DIR}/{name}{suffix}"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (monotonic: training's peak, then evaluation's)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 class RunDir:
@@ -32,9 +60,9 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            config.save(self.path / "config.yaml")
+            config.save(self.path / CONFIG_FILE)
             self.write_json(
-                "run.json",
+                RUN_FILE,
                 {
                     "command": command,
                     "fedmedlora_version": __version__,
@@ -77,21 +105,19 @@ class RunDir:
     # ---- well-known places ---------------------------------------------------------------------------------------
     @property
     def config(self) -> RunConfig:
-        from fedmedlora.config import load_config
-
-        return load_config(self.path / "config.yaml")
+        return load_config(self.path / CONFIG_FILE)
 
     def adapter_dir(self, round_or_name: int | str) -> Path:
         name = f"round_{round_or_name}" if isinstance(round_or_name, int) else round_or_name
-        return self.path / "adapters" / name
+        return self.path / ADAPTERS_DIR / name
 
     def eval_dir(self) -> Path:
-        d = self.path / "eval"
+        d = self.path / EVAL_DIR
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     def finish(self, status: str = "done", **info: Any) -> None:
-        p = self.path / "run.json"
+        p = self.path / RUN_FILE
         run = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
         run.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
         self.write_json("run.json", run)

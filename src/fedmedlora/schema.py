@@ -161,6 +161,11 @@ class LabelSet:
         allowed = VALID_MODIFIERS.get(entity_type, frozenset())
         return tuple(m for m in MODIFIER_TYPES if m in self.modifiers and m in allowed)
 
+    def is_re_head(self, entity_type: str) -> bool:
+        """Whether an entity of ``entity_type`` gets an RE prompt here: the site annotates the type and at least
+        one modifier type valid for it."""
+        return entity_type in self.entities and bool(self.modifiers_for(entity_type))
+
     @property
     def has_relations(self) -> bool:
         return any(self.modifiers_for(e) for e in self.entities)

@@ -35,7 +35,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny(tiny_model_dir):
     """A fresh ``(model, tokenizer)`` loaded through ``load_base_model`` on CPU in fp32."""
-    from fedmedlora.model import load_base_model
+    from fedmedlora.lm.model import load_base_model
 
     return load_base_model(tiny_model_dir, device="cpu", dtype="float32")
 

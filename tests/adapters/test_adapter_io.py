@@ -1,4 +1,4 @@
-"""Tests for fedmedlora.adapter_io: arrays ↔ PEFT model, checks, and adapter folders."""
+"""Tests for fedmedlora.lm.adapter_io: arrays ↔ PEFT model, checks, and adapter folders."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from fedmedlora.adapter_io import (
+from fedmedlora.aggregation import nbytes
+from fedmedlora.config import LoraConfig
+from fedmedlora.lm.adapter_io import (
     AdapterMismatchError,
-    adapter_nbytes,
     get_adapter_arrays,
     load_adapter_arrays,
     read_adapter_meta,
     save_adapter,
     set_adapter_arrays,
 )
-from fedmedlora.model import LoraSettings, attach_lora, load_base_model
+from fedmedlora.lm.model import attach_lora, load_base_model
 
-LORA = LoraSettings(r=4, alpha=8)
+LORA = LoraConfig(r=4, alpha=8)
 
 
 def _randomise(peft_model, seed=0):
@@ -56,7 +57,7 @@ def test_get_arrays_layout(peft_pair):
     assert all(k.startswith("base_model.model.") and ("lora_A" in k or "lora_B" in k) for k in arrays)
     key = next(k for k in arrays if k.endswith("q_proj.lora_A.weight"))
     assert arrays[key].shape == (4, 32)
-    assert adapter_nbytes(arrays) == 4 * sum(v.size for v in arrays.values())
+    assert nbytes(arrays) == 4 * sum(v.size for v in arrays.values())
     # copies, not views of the parameters
     arrays[key][:] = 0
     assert np.abs(get_adapter_arrays(pa)[key]).sum() > 0
@@ -117,7 +118,7 @@ def test_save_load_round_trip(peft_pair, tmp_path, tiny_model_dir):
     assert {p.name for p in out.iterdir()} == {"adapter_model.safetensors", "adapter_config.json", "fedmedlora.json"}
     assert read_adapter_meta(out) == meta
     info = json.loads((out / "fedmedlora.json").read_text())
-    assert info["num_tensors"] == 28 and info["nbytes"] == adapter_nbytes(get_adapter_arrays(pa))
+    assert info["num_tensors"] == 28 and info["nbytes"] == nbytes(get_adapter_arrays(pa))
 
     loaded = load_adapter_arrays(out)
     original = get_adapter_arrays(pa)

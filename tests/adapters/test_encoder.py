@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fedmedlora.encoder import train as et  # noqa: E402
+from fedmedlora.encoder import run as et  # noqa: E402
 from fedmedlora.encoder.bio import IGNORE_INDEX, tags_to_spans  # noqa: E402
 from fedmedlora.encoder.model import EncoderLora, _finish, get_state, set_state  # noqa: E402
 from fedmedlora.schema import Document, Entity, LabelSet, Modifier, Sentence, Span  # noqa: E402

@@ -1,13 +1,14 @@
-"""Tests for fedmedlora.generate with the tiny random Llama."""
+"""Tests for fedmedlora.lm.generate with the tiny random Llama."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fedmedlora.generate import generate, left_pad
-from fedmedlora.model import LoraSettings, attach_lora, encode_prompt, load_base_model
-from fedmedlora.train import TrainSettings, train_local
+from fedmedlora.config import LoraConfig
+from fedmedlora.lm.generate import generate, left_pad
+from fedmedlora.lm.model import attach_lora, encode_prompt, load_base_model
+from fedmedlora.lm.train import TrainSettings, train_local
 from tinymodel import FakeExample
 
 PROMPTS = [
@@ -51,7 +52,7 @@ def test_batched_matches_reference_and_keeps_order(tiny):
 def test_stops_at_eos_after_training(tiny_model_dir):
     """A model trained on 'prompt → answer<EOS>' reproduces exactly the answer, and only it."""
     model, tok = load_base_model(tiny_model_dir, device="cpu")
-    model = attach_lora(model, LoraSettings(r=8, alpha=16), seed=0)
+    model = attach_lora(model, LoraConfig(r=8, alpha=16), seed=0)
     examples = [FakeExample("Extract drugs: aspirin daily", "aspirin"), FakeExample("Extract tests: CT", "CT")]
     settings = TrainSettings(learning_rate=1e-2, batch_size=2, max_steps=60, warmup_ratio=0, schedule="constant")
     result = train_local(model, tok, examples, settings, progress=False)

@@ -1,13 +1,13 @@
-"""Tests for fedmedlora.model with the tiny random Llama (no downloads)."""
+"""Tests for fedmedlora.lm.model with the tiny random Llama (no downloads)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fedmedlora.model import (
+from fedmedlora.config import LoraConfig
+from fedmedlora.lm.model import (
     DEFAULT_LORA_TARGETS,
-    LoraSettings,
     ModelLoadError,
     attach_lora,
     encode_prompt,
@@ -85,7 +85,7 @@ def test_lora_targets_table_and_fallback(tiny):
 
 def test_attach_lora_only_lora_trainable(tiny):
     model, _ = tiny
-    peft_model = attach_lora(model, LoraSettings(r=4, alpha=8), seed=0)
+    peft_model = attach_lora(model, LoraConfig(r=4, alpha=8), seed=0)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable, "LoRA parameters must be trainable"
     assert all("lora_A" in n or "lora_B" in n for n in trainable)
@@ -100,7 +100,7 @@ def test_attach_lora_only_lora_trainable(tiny):
 def test_attach_lora_seed_is_reproducible(tiny_model_dir):
     def lora_a(seed):
         model, _ = load_base_model(tiny_model_dir, device="cpu")
-        pm = attach_lora(model, LoraSettings(r=4), seed=seed)
+        pm = attach_lora(model, LoraConfig(r=4), seed=seed)
         return next(p for n, p in pm.named_parameters() if "lora_A" in n).detach().clone()
 
     assert torch.equal(lora_a(1), lora_a(1))
@@ -108,12 +108,12 @@ def test_attach_lora_seed_is_reproducible(tiny_model_dir):
 
 
 def test_lora_settings_defaults_and_validation():
-    s = LoraSettings()
+    s = LoraConfig()
     assert (s.r, s.alpha, s.dropout, s.target_modules) == (16, 64, 0.0, None)
     with pytest.raises(ValueError):
-        LoraSettings(r=0)
+        LoraConfig(r=0)
     with pytest.raises(ValueError):
-        LoraSettings(rank=8)  # type: ignore[call-arg]
+        LoraConfig(rank=8)  # type: ignore[call-arg]
 
 
 def test_format_prompt_chat_and_raw(tiny):

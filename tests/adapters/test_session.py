@@ -1,4 +1,4 @@
-"""experiments.Session: merged-adapter generation equals unmerged generation and restores base weights exactly."""
+"""lm.session.Session: merged-adapter generation equals unmerged generation and restores base weights exactly."""
 
 import numpy as np
 import torch
@@ -6,7 +6,7 @@ import torch
 
 def test_merged_generation_is_exact_and_restores_base_weights(tiny_model_dir):
     from fedmedlora.config import load_config
-    from fedmedlora.experiments import Session
+    from fedmedlora.lm.session import Session
 
     cfg = load_config(None, [f"model.name={tiny_model_dir}", "model.device=cpu", "lora.r=4", "eval.max_new_tokens=12"])
     session = Session.load(cfg)
@@ -31,7 +31,7 @@ def test_evaluation_keeps_every_raw_output_next_to_the_tables(tiny_model_dir, tm
     import json
 
     from fedmedlora.config import load_config
-    from fedmedlora.experiments import run_setting
+    from fedmedlora.recipes.local import run_setting
 
     cfg = load_config(
         None,

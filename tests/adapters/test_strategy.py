@@ -1,4 +1,4 @@
-"""FedMedLoRAStrategy with mock replies: no network, no model, exact expected arrays."""
+"""The federated strategies (one class per rule) with mock replies: no network, no model, exact expected arrays."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmedlora.aggregation import AggregationSettings
-from fedmedlora.federation.strategy import (
+from fedmedlora.federation.messages import (
     ARRAYS_KEY,
     INFO_KEY,
     METRICS_KEY,
     NUM_TOKENS,
     SITE_VAL_LOSS,
     TRAIN_LOSS,
-    FedMedLoRAStrategy,
     ReplyValidationError,
     from_record,
     to_record,
 )
+from fedmedlora.federation.strategies import LoraStrategy, make_strategy
 
 A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
@@ -91,7 +91,7 @@ def reply(
     return Message(content, reply_to=sent)
 
 
-def configure(strategy: FedMedLoRAStrategy, server_round: int = 1, g=None) -> list[Message]:
+def configure(strategy: LoraStrategy, server_round: int = 1, g=None) -> list[Message]:
     return list(
         strategy.configure_train(server_round, to_record(g or global_arrays()), ConfigRecord(), FakeGrid(SITES))
     )
@@ -102,7 +102,7 @@ def site_arrays(a: float, b: float) -> dict[str, np.ndarray]:
 
 
 def test_configure_train_sends_global_and_round_config() -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(), num_rounds=2, min_train_nodes=3)
+    s = make_strategy(AggregationSettings(), num_rounds=2, min_train_nodes=3)
     msgs = configure(s)
     assert sorted(m.metadata.dst_node_id for m in msgs) == [11, 12, 13]
     cfg = msgs[0].content["config"]
@@ -113,16 +113,16 @@ def test_configure_train_sends_global_and_round_config() -> None:
 
 
 def test_sampling_is_seeded_and_offset_aware() -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(), num_rounds=5, fraction_train=0.5, seed=3)
+    s = make_strategy(AggregationSettings(), num_rounds=5, fraction_train=0.5, seed=3)
     picks = [s.sample([13, 11, 12, 14], r) for r in range(1, 6)]
     assert all(len(p) == 2 for p in picks)
     assert len({tuple(p) for p in picks}) > 1  # not always the same pair
-    again = FedMedLoRAStrategy(AggregationSettings(), num_rounds=5, fraction_train=0.5, seed=3, round_offset=2)
+    again = make_strategy(AggregationSettings(), num_rounds=5, fraction_train=0.5, seed=3, round_offset=2)
     assert again.sample([11, 12, 13, 14], 1) == picks[2]  # round 3 either way
 
 
 def test_fedmedlora_token_weighted_exact_arrays() -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(), num_rounds=2, min_train_nodes=3)
+    s = make_strategy(AggregationSettings(), num_rounds=2, min_train_nodes=3)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     replies = [
         reply(sent[11], site_arrays(1, 1), tokens=10, loss=2.0),
@@ -150,7 +150,7 @@ def test_fedmedlora_plus_server_losses_weight_lower_loss_higher() -> None:
         seen.append(float(arrays[A][0, 0]))
         return {1.0: 2.0, 2.0: 1.0, 4.0: 0.0}[float(arrays[A][0, 0])]
 
-    s = FedMedLoRAStrategy(AggregationSettings(rule="fedmedlora+"), num_rounds=1, server_loss_fn=loss_fn)
+    s = make_strategy(AggregationSettings(rule="fedmedlora+"), num_rounds=1, server_loss_fn=loss_fn)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     arrays, _ = s.aggregate_train(1, [reply(sent[n], site_arrays(v, v)) for n, v in ((11, 1), (12, 2), (13, 4))])
     w = np.exp([-2.0, -1.0, 0.0]) / np.exp([-2.0, -1.0, 0.0]).sum()
@@ -162,11 +162,11 @@ def test_fedmedlora_plus_server_losses_weight_lower_loss_higher() -> None:
 
 def test_fedmedlora_plus_needs_a_loss_source() -> None:
     with pytest.raises(ValueError, match="server_loss_fn"):
-        FedMedLoRAStrategy(AggregationSettings(rule="fedmedlora+"), num_rounds=1)
+        make_strategy(AggregationSettings(rule="fedmedlora+"), num_rounds=1)
 
 
 def test_fedmedlora_plus_site_losses() -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(rule="fedmedlora+", loss_source="site"), num_rounds=1)
+    s = make_strategy(AggregationSettings(rule="fedmedlora+", loss_source="site"), num_rounds=1)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     replies = [
         reply(sent[n], site_arrays(1, 1), extra_metrics={SITE_VAL_LOSS: L}) for n, L in ((11, 3), (12, 1), (13, 2))
@@ -179,7 +179,7 @@ def test_fedmedlora_plus_site_losses() -> None:
 
 
 def test_fedsa_shares_a_only_then_everything_in_last_round() -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(rule="fedsa"), num_rounds=2)
+    s = make_strategy(AggregationSettings(rule="fedsa"), num_rounds=2)
     sent = {m.metadata.dst_node_id: m for m in configure(s, 1)}
     assert sent[11].content["config"]["send-private"] is False
     with pytest.raises(ReplyValidationError, match=r"site bc5cdr \(node 11\): unexpected tensor set.*lora_B"):
@@ -197,7 +197,7 @@ def test_fedsa_shares_a_only_then_everything_in_last_round() -> None:
 
 
 def test_ffa_shares_b_only() -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(rule="ffa"), num_rounds=1)
+    s = make_strategy(AggregationSettings(rule="ffa"), num_rounds=1)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     arrays, _ = s.aggregate_train(1, [reply(sent[n], {B: site_arrays(0, v)[B]}) for n, v in ((11, 1), (13, 5))])
     out = from_record(arrays)
@@ -222,7 +222,7 @@ def test_ffa_shares_b_only() -> None:
     ],
 )
 def test_bad_replies_fail_loudly_naming_the_site(kwargs: dict, match: str) -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(), num_rounds=1)
+    s = make_strategy(AggregationSettings(), num_rounds=1)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     arrays = kwargs.pop("arrays", site_arrays(1, 1))
     with pytest.raises(ReplyValidationError, match=match):
@@ -232,7 +232,7 @@ def test_bad_replies_fail_loudly_naming_the_site(kwargs: dict, match: str) -> No
 def test_error_replies_are_recorded_and_too_few_sites_fail() -> None:
     from flwr.app import Error
 
-    s = FedMedLoRAStrategy(AggregationSettings(), num_rounds=1, min_train_nodes=2)
+    s = make_strategy(AggregationSettings(), num_rounds=1, min_train_nodes=2)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     sent[13].metadata.__dict__["_message_id"] = str(uuid.uuid4())
     err = Message(Error(code=0, reason="site phee ran out of memory"), reply_to=sent[13])
@@ -245,7 +245,7 @@ def test_error_replies_are_recorded_and_too_few_sites_fail() -> None:
 
 
 def test_duplicate_site_names_rejected() -> None:
-    s = FedMedLoRAStrategy(AggregationSettings(), num_rounds=1)
+    s = make_strategy(AggregationSettings(), num_rounds=1)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     with pytest.raises(ReplyValidationError, match="same site"):
         s.aggregate_train(1, [reply(sent[11], site_arrays(1, 1), site="chia"), reply(sent[12], site_arrays(1, 1))])

@@ -1,4 +1,4 @@
-"""Tests for fedmedlora.train with the tiny random Llama."""
+"""Tests for fedmedlora.lm.train with the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedmedlora.adapter_io import AdapterMismatchError, get_adapter_arrays
-from fedmedlora.model import LoraSettings, attach_lora, encode_prompt, encode_target, load_base_model
-from fedmedlora.train import (
+from fedmedlora.config import LoraConfig
+from fedmedlora.lm.adapter_io import AdapterMismatchError, get_adapter_arrays
+from fedmedlora.lm.model import attach_lora, encode_prompt, encode_target, load_base_model
+from fedmedlora.lm.train import (
     IGNORE_INDEX,
     TrainSettings,
     collate,
@@ -20,7 +21,7 @@ from fedmedlora.train import (
 )
 from tinymodel import FakeExample
 
-LORA = LoraSettings(r=8, alpha=16)
+LORA = LoraConfig(r=8, alpha=16)
 FAST = TrainSettings(learning_rate=1e-2, batch_size=2, max_steps=4, warmup_ratio=0.0, seed=7, max_length=128)
 
 

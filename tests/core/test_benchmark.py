@@ -5,15 +5,10 @@ import json
 import pytest
 from test_corpora_common import FIXTURES
 
-from fedmedlora.benchmark import (
-    MANIFEST,
-    BenchmarkError,
-    benchmark_stats,
-    default_benchmark_dir,
-    load_benchmark,
-    prepare_benchmark,
-)
+from fedmedlora.benchmark import MANIFEST, BenchmarkError, default_benchmark_dir, load_benchmark
+from fedmedlora.benchmark_stats import benchmark_stats
 from fedmedlora.jsonl import read_documents
+from fedmedlora.prepare import prepare_benchmark
 from fedmedlora.schema import SPLITS
 
 
@@ -146,12 +141,13 @@ def test_cli_data_prepare_and_stats(tmp_path):
 
 def test_re_examples_without_modifiers_are_thinned_for_training_only():
     """data.re_empty_keep drops a seeded share of RE examples whose answer is empty; nothing else changes."""
+    from fedmedlora.benchmark import open_benchmark
     from fedmedlora.config import load_config
-    from fedmedlora.experiments import open_benchmark, site_examples
+    from fedmedlora.sampling import site_examples
 
     def examples(keep: float, split: str = "train"):
         cfg = load_config(None, ["data.format=json", f"data.re_empty_keep={keep}"])
-        return site_examples(open_benchmark(cfg), "phee", cfg, split)
+        return site_examples(open_benchmark(cfg.data.benchmark), "phee", cfg, split)
 
     every, none, half = examples(1.0), examples(0.0), examples(0.5)
     empty = [e for e in every if e.task == "re" and e.n_spans == 0]

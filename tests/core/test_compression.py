@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from fedmedlora.aggregation import nbytes
 from fedmedlora.compression import (
     METHODS,
     SCALE_SUFFIX,
@@ -17,7 +18,6 @@ from fedmedlora.compression import (
     encode,
     estimate_nbytes,
     float32_to_bf16_bits,
-    payload_nbytes,
 )
 
 A = "base_model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -41,7 +41,7 @@ def test_none_round_trip_is_exact_and_state_empty() -> None:
     for k in arrays:
         assert out[k].dtype == np.float32
         np.testing.assert_array_equal(out[k], arrays[k])
-    assert payload_nbytes(payload) == 4 * (8 * 64 + 96 * 8)
+    assert nbytes(payload) == 4 * (8 * 64 + 96 * 8)
 
 
 def test_none_with_reference_is_exact() -> None:
@@ -59,7 +59,7 @@ def test_half_precision_relative_error_bounds(method: str, dtype: type, bound: f
     x = (rng.uniform(1e-3, 100.0, size=(50, 40)) * rng.choice([-1, 1], size=(50, 40))).astype(np.float32)
     payload, _ = encode({"w": x}, method, error_feedback=False)
     assert payload["w"].dtype == dtype
-    assert payload_nbytes(payload) == 2 * x.size
+    assert nbytes(payload) == 2 * x.size
     out = decode(payload, method)["w"]
     assert out.dtype == np.float32
     rel = np.abs(out - x) / np.abs(x)
@@ -120,8 +120,8 @@ def test_int8_error_bound_per_tensor_and_row(granularity: str) -> None:
         assert err.max() > 0
     n_scales = 2 if granularity == "tensor" else 8 + 96
     n_values = sum(x.size for x in arrays.values())
-    assert payload_nbytes(payload) == n_values + 4 * n_scales
-    assert estimate_nbytes(n_values, 2, "int8", n_scales=n_scales) == payload_nbytes(payload)
+    assert nbytes(payload) == n_values + 4 * n_scales
+    assert estimate_nbytes(n_values, 2, "int8", n_scales=n_scales) == nbytes(payload)
 
 
 def test_per_row_beats_per_tensor_on_uneven_rows() -> None:
@@ -266,7 +266,7 @@ def test_decode_rejects_malformed_payloads() -> None:
 def test_payload_sizes_by_method() -> None:
     arrays = _adapter()
     n = sum(x.size for x in arrays.values())
-    sizes = {m: payload_nbytes(encode(arrays, m)[0]) for m in METHODS}
+    sizes = {m: nbytes(encode(arrays, m)[0]) for m in METHODS}
     assert sizes == {"none": 4 * n, "fp16": 2 * n, "bf16": 2 * n, "int8": n + 4 * 2}
     assert {m: estimate_nbytes(n, 2, m) for m in METHODS} == sizes
 

@@ -1,18 +1,15 @@
 """Round trip over the FULL corpora (shared/datasets): read, write JSONL, read back, compare; check every span.
 
-Skipped when the corpora are not next to the repository (``<repo>/../shared/datasets`` or
-``/work/shared/datasets``).
+Skipped when the corpora are not found (``$FEDMEDLORA_CORPORA``, else ``../shared/datasets`` beside the working
+directory or the repository: ``fedmedlora.corpora.default_corpora_dir``).
 """
-
-from pathlib import Path
 
 import pytest
 
-from fedmedlora.corpora import READERS, read_corpus
+from fedmedlora.corpora import READERS, default_corpora_dir, read_corpus
 from fedmedlora.jsonl import read_documents, write_documents
 
-CANDIDATES = [Path(__file__).resolve().parents[2].parent / "shared" / "datasets", Path("/work/shared/datasets")]
-CORPORA = next((p for p in CANDIDATES if p.is_dir()), None)
+CORPORA = default_corpora_dir()  # a $FEDMEDLORA_CORPORA that does not exist fails the tests, never skips them
 
 pytestmark = [
     pytest.mark.slow,

@@ -113,3 +113,11 @@ def test_deploy_reads_round_records_through_the_same_reader(tmp_path):
     log.write_text('{"round": 0}\n{"sites": []}\n', encoding="utf-8")
     with pytest.raises(DeployError, match=r"rounds.jsonl:2: not a round record"):
         completed_rounds(tmp_path)
+
+
+def test_re_heads_are_annotated_types_with_an_annotated_modifier():
+    ls = LabelSet(entities=frozenset({"drug", "problem"}), modifiers=frozenset({"dosage"}))
+    assert ls.is_re_head("drug")  # dosage is a drug modifier
+    assert not ls.is_re_head("problem")  # annotated, but no problem modifier is
+    assert not ls.is_re_head("test")  # not annotated at this site
+    assert ls.has_relations and not LabelSet().has_relations

@@ -166,7 +166,7 @@ def _rounds(run_dir: Path) -> list[dict]:
 
 
 def _final(run_dir: Path) -> dict[str, np.ndarray]:
-    from fedmedlora.adapter_io import load_adapter_arrays
+    from fedmedlora.lm.adapter_io import load_adapter_arrays
 
     return load_adapter_arrays(run_dir / "adapters" / "final")
 

@@ -44,7 +44,7 @@ def _run(world: Path, out: Path, cfg, resume: bool = False):
 
 
 def _assert_only_adapter_traffic(result, adapter_spec: dict[str, tuple[list[int], str]]) -> None:
-    from fedmedlora.federation.strategy import ALLOWED_METRICS
+    from fedmedlora.federation.messages import ALLOWED_METRICS
 
     assert result.wire, "no message was recorded"
     for rec in result.wire:
@@ -64,7 +64,7 @@ def _assert_only_adapter_traffic(result, adapter_spec: dict[str, tuple[list[int]
 
 
 def test_two_rounds_three_sites_logs_checkpoints_and_resume(world: Path, tmp_path: Path) -> None:
-    from fedmedlora.adapter_io import load_adapter_arrays, read_adapter_meta
+    from fedmedlora.lm.adapter_io import load_adapter_arrays, read_adapter_meta
 
     cfg = _cfg(world)
     full = _run(world, tmp_path / "full", cfg)
@@ -114,7 +114,7 @@ def test_two_rounds_three_sites_logs_checkpoints_and_resume(world: Path, tmp_pat
 
 
 def test_resume_refuses_a_different_rule(world: Path, tmp_path: Path) -> None:
-    from fedmedlora.federation.server_app import ResumeError
+    from fedmedlora.federation.checkpoint import ResumeError
 
     _run(world, tmp_path / "r", _cfg(world, rounds=1))
     with pytest.raises(ResumeError, match="rule was 'fedmedlora'"):
@@ -122,7 +122,7 @@ def test_resume_refuses_a_different_rule(world: Path, tmp_path: Path) -> None:
 
 
 def test_fedsa_uploads_a_only_and_keeps_b_at_the_site(world: Path, tmp_path: Path) -> None:
-    from fedmedlora.adapter_io import load_adapter_arrays
+    from fedmedlora.lm.adapter_io import load_adapter_arrays
 
     res = _run(world, tmp_path / "fedsa", _cfg(world, "fedsa", 2))
     up1 = [r for r in res.wire if r.direction == "up"][:3]
@@ -167,7 +167,7 @@ def test_resume_after_a_crash_mid_round_restores_site_state_of_the_checkpoint(wo
 
 
 def test_ffa_keeps_a_frozen_and_uploads_b_only(world: Path, tmp_path: Path) -> None:
-    from fedmedlora.adapter_io import load_adapter_arrays
+    from fedmedlora.lm.adapter_io import load_adapter_arrays
 
     res = _run(world, tmp_path / "ffa", _cfg(world, "ffa", 1))
     assert all(
@@ -195,7 +195,7 @@ def test_node_without_site_is_refused() -> None:
     from flwr.app import Context, RecordDict
 
     from fedmedlora.config import RunConfig
-    from fedmedlora.federation.client_app import SiteConfigError, site_of
+    from fedmedlora.federation.site import SiteConfigError, site_of
 
     cfg = RunConfig()
     ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
@@ -241,7 +241,7 @@ def test_compressed_transport_shrinks_bytes_and_tracks_the_float32_run(
 
 
 def test_misspelled_site_and_changed_config_are_refused(world: Path, tmp_path: Path) -> None:
-    from fedmedlora.federation.server_app import ResumeError
+    from fedmedlora.federation.checkpoint import ResumeError
 
     bad = _cfg(world).model_copy(
         update={"federation": _cfg(world).federation.model_copy(update={"sites": ["alpha", "betta"]})}

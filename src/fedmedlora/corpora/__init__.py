@@ -10,6 +10,7 @@ Must not import torch, transformers, peft or flwr.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,23 @@ READERS: dict[str, Reader] = {
 }
 
 
+#: Environment variable naming the corpora folder (one subfolder per corpus).
+CORPORA_ENV = "FEDMEDLORA_CORPORA"
+
+
+def default_corpora_dir() -> Path | None:
+    """Where the open corpora are: ``$FEDMEDLORA_CORPORA`` if set, else ``../shared/datasets`` beside the working
+    directory or beside the repository this package is installed from; ``None`` when none of them exists."""
+    env = os.environ.get(CORPORA_ENV)
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[3]
+    for cand in (Path.cwd().parent / "shared" / "datasets", repo.parent / "shared" / "datasets"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
 def read_corpus(name: str, corpora_dir: str | Path, max_docs: int | None = None) -> tuple[list[Document], Drops]:
     """Read corpus ``name`` from ``corpora_dir/<name>``. Raises ``CorpusError`` for an unknown name or folder."""
     if name not in READERS:
@@ -43,11 +61,13 @@ def read_corpus(name: str, corpora_dir: str | Path, max_docs: int | None = None)
 
 
 __all__ = [
+    "CORPORA_ENV",
     "CORPUS_INFO",
     "LABEL_SETS",
     "READERS",
     "CorpusError",
     "Drops",
+    "default_corpora_dir",
     "read_bc5cdr",
     "read_chia",
     "read_corpus",

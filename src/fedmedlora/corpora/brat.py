@@ -1,7 +1,9 @@
 """A generic reader for BRAT standoff annotation (``.txt`` + ``.ann``).
 
-Owns: the parsed records (``TextBound``, ``Event``, ``Relation``, ``Equiv``, ``Attribute``, ``BratDocument``) and
-``read_brat``. It knows nothing about any corpus's label names: the per-corpus modules map types.
+Owns: the parsed records (``TextBound``, ``Event``, ``Relation``, ``Equiv``, ``Attribute``, ``BratDocument``),
+``read_brat``, and what the BRAT corpora's readers share: ``brat_spans`` (checked, joined spans by id),
+``find_brat_dir`` and ``read_brat_folder``. It knows nothing about any corpus's label names: the per-corpus modules
+map types.
 Must not import torch, transformers, peft or flwr.
 
 Details that matter:
@@ -19,10 +21,12 @@ Details that matter:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedmedlora.corpora.common import CorpusError
+from fedmedlora.corpora.common import CorpusError, Drops, join_fragments
+from fedmedlora.schema import Document
 
 
 class BratError(CorpusError):
@@ -213,3 +217,57 @@ def read_brat(txt_path: str | Path, ann_path: str | Path | None = None) -> BratD
     except UnicodeDecodeError as e:
         raise BratError(f"{txt_path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     return parse_ann(ann, text, str(ann_path))
+
+
+# ---- helpers shared by the BRAT corpora (Chia, MACCROBAT) ------------------------------------------------------
+
+
+def brat_spans(brat: BratDocument, drops: Drops) -> dict[str, tuple[int, int]]:
+    """The usable span of every brat text-bound, by id: offsets checked against the text and discontinuous
+    fragments joined (``join_fragments``). Everything else is counted in ``drops``, never dropped silently."""
+    bad = set(brat.mismatches)
+    for r in brat.repaired:
+        drops[f"{brat.textbounds[r].type}: span ran into the line break (trimmed, kept)"] += 1
+    spans: dict[str, tuple[int, int]] = {}
+    for tb in brat.textbounds.values():
+        if tb.id in bad:
+            drops[f"{tb.type}: offsets do not match the text"] += 1
+            continue
+        joined = join_fragments(brat.text, tb.fragments)
+        if joined is None:
+            drops[f"{tb.type}: discontinuous span"] += 1
+            continue
+        spans[tb.id] = joined
+    return spans
+
+
+def find_brat_dir(root: str | Path, subdirs: Sequence[str], pattern: str, expected: str) -> Path:
+    """The first of ``root/<subdir>`` (then ``root`` itself) holding ``.ann`` files matching ``pattern``."""
+    root = Path(root)
+    for cand in (*(root / d for d in subdirs), root):
+        if cand.is_dir() and any(cand.glob(pattern)):
+            return cand
+    raise CorpusError(f"{root}: no {expected}")
+
+
+def read_brat_folder(
+    folder: Path,
+    pattern: str,
+    convert: Callable[..., Document],
+    file_prefix: str,
+    max_docs: int | None = None,
+    skip_empty: bool = False,
+) -> tuple[list[Document], Drops]:
+    """Read every ``.ann``/``.txt`` pair in ``folder`` (sorted by name; at most ``max_docs``) and convert it with
+    ``convert(brat, doc_id, drops, file=...)``. With ``skip_empty``, files with no text are counted and skipped."""
+    drops: Drops = Drops()
+    docs: list[Document] = []
+    for ann in sorted(folder.glob(pattern)):
+        if max_docs is not None and len(docs) >= max_docs:
+            break
+        brat = read_brat(ann.with_suffix(".txt"), ann)
+        if skip_empty and not brat.text.strip():
+            drops["file: empty text"] += 1
+            continue
+        docs.append(convert(brat, ann.stem, drops, file=f"{file_prefix}{ann.name}"))
+    return docs, drops

@@ -11,15 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fedmedlora.corpora.brat import BratDocument
+from fedmedlora.corpora.brat import BratDocument, brat_spans, find_brat_dir, read_brat_folder
 from fedmedlora.corpora.common import (
     Drops,
     RawEntity,
     RawModifier,
-    brat_spans,
     build_document,
-    find_brat_dir,
-    read_brat_folder,
 )
 from fedmedlora.corpora.mapping import CHIA_ENTITIES, CHIA_ERROR_TYPES, CHIA_MODIFIERS, LABEL_SETS
 from fedmedlora.schema import Document

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from fedmedlora.schema import VALID_MODIFIERS, Document, Entity, LabelSet, Modifier, Sentence
 from fedmedlora.segment import split_sentences
@@ -61,25 +60,6 @@ def join_fragments(text: str, fragments: Sequence[tuple[int, int]]) -> tuple[int
         if s2 < e1 or text[e1:s2].strip():
             return None
     return frags[0][0], frags[-1][1]
-
-
-def brat_spans(brat, drops: Drops) -> dict[str, tuple[int, int]]:
-    """The usable span of every brat text-bound, by id: offsets checked against the text and discontinuous
-    fragments joined (``join_fragments``). Everything else is counted in ``drops``, never dropped silently."""
-    bad = set(brat.mismatches)
-    for r in brat.repaired:
-        drops[f"{brat.textbounds[r].type}: span ran into the line break (trimmed, kept)"] += 1
-    spans: dict[str, tuple[int, int]] = {}
-    for tb in brat.textbounds.values():
-        if tb.id in bad:
-            drops[f"{tb.type}: offsets do not match the text"] += 1
-            continue
-        joined = join_fragments(brat.text, tb.fragments)
-        if joined is None:
-            drops[f"{tb.type}: discontinuous span"] += 1
-            continue
-        spans[tb.id] = joined
-    return spans
 
 
 def build_document(
@@ -226,37 +206,3 @@ def build_document(
     )
     doc.validate()
     return doc
-
-
-def find_brat_dir(root: str | Path, subdirs: Sequence[str], pattern: str, expected: str) -> Path:
-    """The first of ``root/<subdir>`` (then ``root`` itself) holding ``.ann`` files matching ``pattern``."""
-    root = Path(root)
-    for cand in (*(root / d for d in subdirs), root):
-        if cand.is_dir() and any(cand.glob(pattern)):
-            return cand
-    raise CorpusError(f"{root}: no {expected}")
-
-
-def read_brat_folder(
-    folder: Path,
-    pattern: str,
-    convert: Callable[..., Document],
-    file_prefix: str,
-    max_docs: int | None = None,
-    skip_empty: bool = False,
-) -> tuple[list[Document], Drops]:
-    """Read every ``.ann``/``.txt`` pair in ``folder`` (sorted by name; at most ``max_docs``) and convert it with
-    ``convert(brat, doc_id, drops, file=...)``. With ``skip_empty``, files with no text are counted and skipped."""
-    from fedmedlora.corpora.brat import read_brat
-
-    drops: Drops = Drops()
-    docs: list[Document] = []
-    for ann in sorted(folder.glob(pattern)):
-        if max_docs is not None and len(docs) >= max_docs:
-            break
-        brat = read_brat(ann.with_suffix(".txt"), ann)
-        if skip_empty and not brat.text.strip():
-            drops["file: empty text"] += 1
-            continue
-        docs.append(convert(brat, ann.stem, drops, file=f"{file_prefix}{ann.name}"))
-    return docs, drops

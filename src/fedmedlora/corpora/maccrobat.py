@@ -13,16 +13,13 @@ from __future__ import annotations
 import bisect
 from pathlib import Path
 
-from fedmedlora.corpora.brat import BratDocument
+from fedmedlora.corpora.brat import BratDocument, brat_spans, find_brat_dir, read_brat_folder
 from fedmedlora.corpora.common import (
     CorpusError,
     Drops,
     RawEntity,
     RawModifier,
-    brat_spans,
     build_document,
-    find_brat_dir,
-    read_brat_folder,
 )
 from fedmedlora.corpora.mapping import (
     LABEL_SETS,

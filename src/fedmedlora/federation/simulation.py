@@ -39,12 +39,18 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmedlora.benchmark import load_benchmark
 from fedmedlora.config import RunConfig
-from fedmedlora.federation.strategy import describe
+from fedmedlora.federation import client_app as client_module
+from fedmedlora.federation import server_app as server_module
+from fedmedlora.federation.checkpoint import checkpointed_round
+from fedmedlora.federation.messages import describe, message_round
+from fedmedlora.federation.site import default_data_dir
+from fedmedlora.lm.adapter_io import load_adapter_arrays
+from fedmedlora.runs import FINAL, ROUNDS_FILE, SIM_STATE_DIR, RunDir
 
 log = logging.getLogger(__name__)
 
-SIM_STATE_DIR = "sim_state"
 #: Node ids of the virtual sites: 1001, 1002, ... in site order (deterministic, so sampling is reproducible).
 FIRST_NODE_ID = 1001
 CLIENT_ERROR_CODE = 1
@@ -59,7 +65,7 @@ class WireRecord:
     site: str
     message_type: str
     wire_bytes: int  # serialised protobuf size
-    content: dict[str, Any] = field(default_factory=dict)  # strategy.describe(): tensors, metric/config keys
+    content: dict[str, Any] = field(default_factory=dict)  # messages.describe(): tensors, metric/config keys
     error: str | None = None
 
 
@@ -147,7 +153,7 @@ class InProcessGrid(Grid):
         back.ParseFromString(wire)
         reply = message_from_proto(back)
         self._record("up", node, reply, len(wire))
-        self.save_state(node, _message_round(msg))
+        self.save_state(node, message_round(msg))
         return reply
 
     def _record(self, direction: str, node: int, msg: Message, size: int) -> None:
@@ -205,13 +211,6 @@ class InProcessGrid(Grid):
                 ctx.state = recorddict_from_proto(proto)
 
 
-def _message_round(msg: Message) -> int | None:
-    """The server round a message belongs to (``config["server-round"]``; ``None`` when it carries none)."""
-    config = msg.content.config_records.get("config")
-    rnd = config.get("server-round") if config is not None else None
-    return None if rnd is None else int(rnd)
-
-
 @dataclass
 class FederationResult:
     """What ``run_federation`` returns."""
@@ -232,8 +231,6 @@ def resolve_sites(cfg: RunConfig, data_dir: Path) -> list[str]:
             present = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
             raise ValueError(f"federation.sites: no data folder for {missing} in {data_dir} (sites there: {present})")
         return list(cfg.federation.sites)
-    from fedmedlora.benchmark import load_benchmark
-
     sites = load_benchmark(data_dir).train_sites
     if not sites:
         raise ValueError(f"{data_dir}: the benchmark has no training sites; set federation.sites")
@@ -265,13 +262,10 @@ def run_federation(
     Returns:
         The final global adapter, the round records, the wire log and the wall time.
     """
-    from fedmedlora.federation import client_app as client_module
-    from fedmedlora.federation import server_app as server_module
-
     t0 = time.perf_counter()
     run_path = Path(run_dir)
     if data_dir is None:
-        data_dir = cfg.data.benchmark or client_module.default_data_dir()
+        data_dir = default_data_dir(cfg)
     data_path = Path(data_dir)
     site_list = list(sites) if sites is not None else resolve_sites(cfg, data_path)
     if len(set(site_list)) != len(site_list):
@@ -293,7 +287,7 @@ def run_federation(
     }
     grid = InProcessGrid(client_app or client_module.app, contexts, run, state_dir=run_path / SIM_STATE_DIR)
     if resume:
-        done = server_module.checkpointed_round(run_path)
+        done = checkpointed_round(run_path)
         if done is not None:  # otherwise the ServerApp refuses to resume, naming the missing file
             grid.load_states(done)
     server_ctx = Context(
@@ -304,10 +298,6 @@ def run_federation(
         run_config={**run_cfg, "run-dir": str(run_path), "resume": resume, "server-data-dir": str(data_path)},
     )
     (server_app or server_module.app)(grid, server_ctx)
-    from fedmedlora.adapter_io import load_adapter_arrays
-
-    arrays = load_adapter_arrays(run_path / "adapters" / "final")
-    from fedmedlora.runs import RunDir
-
-    rounds = RunDir(run_path).read_jsonl("rounds.jsonl")
+    arrays = load_adapter_arrays(RunDir(run_path).adapter_dir(FINAL))
+    rounds = RunDir(run_path).read_jsonl(ROUNDS_FILE)
     return FederationResult(arrays, rounds, run_path, site_list, grid.wire, time.perf_counter() - t0)

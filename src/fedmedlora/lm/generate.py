@@ -1,6 +1,6 @@
 """Batched greedy generation for a list of prompts.
 
-Owns: ``generate`` — render each prompt with the same renderer as training (``fedmedlora.model.encode_prompt``),
+Owns: ``generate`` — render each prompt with the same renderer as training (``fedmedlora.lm.model.encode_prompt``),
 sort by length so each batch pads little, left-pad, decode greedily until EOS or ``max_new_tokens``, return only
 the new text in the caller's order.
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fedmedlora.model import encode_prompt, eos_token_ids, model_device
+from fedmedlora.lm.model import encode_prompt, eos_token_ids, model_device
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

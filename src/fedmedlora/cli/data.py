@@ -1,0 +1,66 @@
+"""``fedmedlora data``: build the federated benchmark from the open corpora, and print its statistics."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedmedlora.benchmark import BenchmarkError, default_benchmark_dir, load_benchmark
+from fedmedlora.benchmark_stats import benchmark_stats
+from fedmedlora.cli.common import fail
+from fedmedlora.corpora import CorpusError, default_corpora_dir
+from fedmedlora.jsonl import JsonlError
+from fedmedlora.prepare import prepare_benchmark
+
+data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the federated benchmark.")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    corpora: Path = typer.Option(
+        None, "--corpora", help="Folder with chia/, phee/, bc5cdr/, maccrobat/ (default: ../shared/datasets)."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Benchmark folder to write (default with --sample: the bundled sample)."
+    ),
+    seed: int = typer.Option(13, help="Seed of the Chia/MACCROBAT splits, the server set and the sample."),
+    max_docs: int = typer.Option(None, help="Read at most N documents per corpus (per split file); quick checks."),
+    sample: bool = typer.Option(False, "--sample", help="Write the small bundled sample, not the full benchmark."),
+    site: list[str] = typer.Option(None, "--site", help="Only these sites (repeatable; default: all four)."),
+) -> None:
+    """Convert the open corpora into the federated benchmark and print its statistics."""
+    corpora = corpora or default_corpora_dir()
+    if corpora is None or not corpora.is_dir():
+        raise fail(
+            f"corpora folder not found: {corpora or '../shared/datasets'} (pass --corpora or set FEDMEDLORA_CORPORA)"
+        )
+    if out is None:
+        if not sample:
+            raise fail("--out is required (or pass --sample to regenerate the bundled sample)")
+        out = default_benchmark_dir()
+    try:
+        stats = prepare_benchmark(corpora, out, seed=seed, max_docs=max_docs, sites=site or None, sample=sample)
+    except (CorpusError, BenchmarkError) as e:
+        raise fail(str(e)) from None
+    stats.print(Console(width=None if sys.stdout.isatty() else 160))
+    typer.echo(f"wrote {out} (benchmark.json, <site>/{{train,dev,test}}.jsonl, stats.md, stats.json)")
+
+
+@data_app.command("stats")
+def data_stats(
+    root: Path = typer.Argument(None, help="Benchmark folder (default: the bundled sample)."),
+    drops: bool = typer.Option(False, "--drops", help="Also print the conversion's dropped-annotation counts."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the Markdown table instead of rich tables."),
+) -> None:
+    """Print the statistics table of a benchmark folder (sites × entity/modifier types, sentences, documents)."""
+    try:
+        stats = benchmark_stats(load_benchmark(root))
+    except (BenchmarkError, JsonlError) as e:
+        raise fail(str(e)) from None
+    if markdown:
+        typer.echo(stats.to_markdown() if drops else stats.to_markdown().split("\n## Dropped")[0])
+    else:
+        stats.print(drops=drops)

@@ -1,0 +1,180 @@
+"""The message contract between the coordinator and the sites: what may cross the wire, and its checks.
+
+Owns: record and metric names, the config keys the server sends, ``ArrayRecord`` <-> named numpy arrays (``.npy``
+bytes, never pickles), ``describe`` (what a message carries, for ``comm.jsonl``), and ``validate_train_reply``
+(every site reply is checked against the contract before anything is aggregated).
+
+What crosses the wire
+---------------------
+server → site (``train``):  ``"arrays"``  ArrayRecord   the global adapter (every LoRA tensor)
+                            ``"config"``  ConfigRecord  server-round, rule, send-private, compression (scalars)
+site → server (``train``):  ``"arrays"``  ArrayRecord   the tensors of the strategy's ``upload_keys`` — nothing else
+                            ``"metrics"`` MetricRecord  num-train-tokens, num-examples, train-loss, train-steps
+                                                        (+ site-val-loss for Fed-MedLoRA+ "site")
+                            ``"info"``    ConfigRecord  {"site": short site name}  (optional)
+server → site (``evaluate``): the global adapter; site → server: ``val-loss`` and ``num-examples``.
+No text, token ids or pickles: any other record, tensor, key or a long string fails the round naming the site.
+
+May import flwr and numpy; must not import torch, transformers or peft.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+from fedmedlora.aggregation import AggregationError, check_update, nbytes
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+INFO_KEY = "info"
+
+#: Keys of the server's ``config`` record (scalars only).
+ROUND = "server-round"
+RULE = "rule"
+SEND_PRIVATE = "send-private"
+COMPRESSION = "compression"
+
+NUM_TOKENS = "num-train-tokens"
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+TRAIN_STEPS = "train-steps"
+SITE_VAL_LOSS = "site-val-loss"
+VAL_LOSS = "val-loss"
+#: Every metric name a site may send. Anything else is rejected.
+ALLOWED_METRICS = frozenset({NUM_TOKENS, NUM_EXAMPLES, TRAIN_LOSS, SITE_VAL_LOSS, VAL_LOSS, TRAIN_STEPS})
+#: A site name in a reply: short identifier, not free text.
+SITE_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+MAX_SITE_NAME = 64
+
+
+class ReplyValidationError(RuntimeError):
+    """A site reply broke the message contract; the message names the site/node and the offending item."""
+
+
+def message_round(msg: Message) -> int | None:
+    """The server round a message belongs to (``config["server-round"]``; ``None`` when it carries none)."""
+    config = msg.content.config_records.get(CONFIG_KEY)
+    rnd = config.get(ROUND) if config is not None else None
+    return None if rnd is None else int(rnd)
+
+
+# ---- ArrayRecord <-> dict[str, ndarray] ----------------------------------------------------------------------
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays → ``ArrayRecord`` (numpy ``.npy`` bytes, never pickles)."""
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_record(record: ArrayRecord, who: str = "") -> dict[str, np.ndarray]:
+    """``ArrayRecord`` → named numpy arrays (``allow_pickle=False`` inside flwr's ``Array.numpy``)."""
+    out: dict[str, np.ndarray] = {}
+    for key, arr in record.items():
+        if arr.stype != "numpy.ndarray":
+            raise ReplyValidationError(f"{who}: tensor {key} has serialisation type {arr.stype!r}, not numpy")
+        out[key] = arr.numpy()
+    return out
+
+
+def describe(content: RecordDict) -> dict[str, Any]:
+    """What a message carries, for ``comm.jsonl``: tensor names/shapes/dtypes/bytes, metric and config keys.
+
+    ``bytes`` is the raw tensor payload (Σ nbytes); ``serialized_bytes`` adds the ``.npy`` headers.
+    """
+    tensors = []
+    for rname, rec in content.array_records.items():
+        for key, arr in rec.items():
+            raw = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+            tensors.append({"record": rname, "name": key, "shape": list(arr.shape), "dtype": arr.dtype, "bytes": raw})
+    return {
+        "tensors": tensors,
+        "serialized_bytes": int(sum(len(arr.data) for rec in content.array_records.values() for arr in rec.values())),
+        "n_tensors": len(tensors),
+        "bytes": int(sum(t["bytes"] for t in tensors)),
+        "metrics": {r: sorted(m.keys()) for r, m in content.metric_records.items()},
+        "configs": {r: sorted(c.keys()) for r, c in content.config_records.items()},
+    }
+
+
+# ---- reply validation ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SiteReply:
+    """A validated training reply."""
+
+    node_id: int
+    site: str
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    nbytes: int
+
+
+def validate_train_reply(
+    msg: Message,
+    expected: Mapping[str, tuple[tuple[int, ...], str]],
+    required_metrics: Iterable[str],
+) -> SiteReply:
+    """Check one reply against the message contract (see module docstring).
+
+    Args:
+        msg: The reply (must not carry an error).
+        expected: Tensor name → (shape, dtype) the site must send, exactly.
+        required_metrics: Metric names that must be present.
+
+    Raises:
+        ReplyValidationError: naming the node/site and the offending record, key, shape or value.
+    """
+    node = msg.metadata.src_node_id
+    content = msg.content
+    who = f"node {node}"
+    site = str(node)
+    info = content.config_records.get(INFO_KEY)
+    if info is not None:
+        raw = info.get("site")
+        if set(info.keys()) != {"site"} or not isinstance(raw, str) or not SITE_NAME.match(raw):
+            raise ReplyValidationError(
+                f"{who}: record {INFO_KEY!r} may only hold 'site' = a short name (≤{MAX_SITE_NAME} chars "
+                f"[A-Za-z0-9_.+-]); got keys {sorted(info.keys())}"
+            )
+        site = raw
+        who = f"site {site} (node {node})"
+    extra_records = (
+        set(content.array_records) - {ARRAYS_KEY}
+        | set(content.metric_records) - {METRICS_KEY}
+        | set(content.config_records) - {INFO_KEY}
+    )
+    if extra_records:
+        raise ReplyValidationError(f"{who}: unexpected records {sorted(extra_records)} in the reply")
+    if (expected and ARRAYS_KEY not in content.array_records) or METRICS_KEY not in content.metric_records:
+        raise ReplyValidationError(
+            f"{who}: the reply needs an ArrayRecord {ARRAYS_KEY!r} and a MetricRecord {METRICS_KEY!r}"
+        )
+    arrays = from_record(content.array_records[ARRAYS_KEY], who) if ARRAYS_KEY in content.array_records else {}
+    try:
+        check_update(arrays, expected, who)
+    except AggregationError as err:
+        raise ReplyValidationError(str(err).replace(f"site {who}", who)) from None
+    metrics_rec = content.metric_records[METRICS_KEY]
+    unknown = sorted(set(metrics_rec.keys()) - ALLOWED_METRICS)
+    if unknown:
+        raise ReplyValidationError(f"{who}: unexpected metrics {unknown}; allowed: {sorted(ALLOWED_METRICS)}")
+    metrics: dict[str, float] = {}
+    for key, value in metrics_rec.items():
+        if isinstance(value, list | bool) or not isinstance(value, int | float):
+            raise ReplyValidationError(f"{who}: metric {key} must be one number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ReplyValidationError(f"{who}: metric {key} is {value!r}")
+        metrics[key] = float(value)
+    missing = sorted(set(required_metrics) - set(metrics))
+    if missing:
+        raise ReplyValidationError(f"{who}: missing metrics {missing}")
+    return SiteReply(node, site, arrays, metrics, nbytes(arrays))

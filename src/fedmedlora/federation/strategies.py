@@ -1,0 +1,432 @@
+"""Federated LoRA strategies: one small class per aggregation rule, on Flower's ``FedAvg`` (Message API).
+
+Owns: ``LoraStrategy`` (deterministic site sampling, the per-round config, reply validation through
+``fedmedlora.federation.messages``, compressed transport through ``fedmedlora.compression.Transport``, and per-round
+bookkeeping: sites, weights, losses, bytes and the tensor names of every message) and one subclass per rule, each
+overriding only what differs:
+
+``FedMedLoRA``      every LoRA tensor, size weights (the base behaviour).
+``FedMedLoRAPlus``  ``site_weights``: softmax(−loss / T) of each site adapter's validation loss (coordinator-held
+                    set, or each site's own dev loss), optionally times the size weight.
+``FedSA``           ``upload_keys``: only ``lora_A`` travels up and is averaged; each site keeps its own ``lora_B``,
+                    except in the last round, when every tensor is sent so the final global adapter is complete.
+``FFA``             ``lora_A`` stays frozen at the shared initialisation (the sites freeze it); only ``lora_B`` is
+                    trained, shared and averaged.
+
+Adding a rule = adding a class here and its name to ``fedmedlora.aggregation.RULES``. The maths (weights,
+weighted mean, which keys a rule shares) is the pure ``fedmedlora.aggregation``.
+
+May import flwr and numpy; must not import torch, transformers or peft (the coordinator's validation loss for
+Fed-MedLoRA+ is injected as a plain callable ``server_loss_fn(arrays) -> float``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedmedlora.aggregation import (
+    AggregationSettings,
+    merge_into,
+    shared_keys,
+    size_weights,
+    spec_of,
+    weighted_mean,
+    weights_for,
+)
+from fedmedlora.compression import Transport
+from fedmedlora.federation.messages import (
+    ARRAYS_KEY,
+    COMPRESSION,
+    CONFIG_KEY,
+    NUM_EXAMPLES,
+    NUM_TOKENS,
+    ROUND,
+    RULE,
+    SEND_PRIVATE,
+    SITE_VAL_LOSS,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    ReplyValidationError,
+    SiteReply,
+    describe,
+    from_record,
+    to_record,
+    validate_train_reply,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FederationError(RuntimeError):
+    """A round cannot go on: too few sites connected, or too few valid replies (the message names them)."""
+
+
+@dataclass
+class RoundLog:
+    """What happened in one round (written to ``rounds.jsonl`` by the ServerApp's round recorder)."""
+
+    round: int
+    rule: str
+    sites: list[str] = field(default_factory=list)
+    node_ids: list[int] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, float] = field(default_factory=dict)
+    losses: dict[str, float] = field(default_factory=dict)
+    loss_source: str | None = None
+    train_loss: dict[str, float] = field(default_factory=dict)
+    bytes_up: dict[str, int] = field(default_factory=dict)
+    bytes_down: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    site_val_loss: dict[str, float] = field(default_factory=dict)
+    uploaded_keys: int = 0
+    sampled_node_ids: list[int] = field(default_factory=list)
+    started: float = 0.0
+    aggregated: float = 0.0
+
+
+class LoraStrategy(FedAvg):
+    """The federated LoRA round on Flower's Message API; subclasses are the aggregation rules.
+
+    Overrides ``configure_train`` (deterministic seeded sampling, per-round config, compressed download) and
+    ``aggregate_train`` (reply validation, ``site_weights``, the weighted mean of the ``upload_keys`` tensors).
+    Federated evaluation is FedAvg's (weighted mean of the sites' ``val-loss`` by ``num-examples``).
+
+    Args:
+        settings: Aggregation rule and its options (``settings.rule`` must be this class's ``rule``).
+        num_rounds: Total rounds of the run (FedSA's last round also averages the private B for the final
+            global adapter; sites keep their own B).
+        fraction_train: Fraction of connected sites sampled per round (at least ``min_train_nodes``).
+        min_train_nodes: Minimum sites per round; a round with fewer valid replies fails.
+        min_available_nodes: Sites that must be connected before a round starts.
+        seed: Sampling seed; the sample of round ``r`` depends only on ``(seed, r)`` and the sorted node ids,
+            so a resumed run samples the same sites.
+        server_loss_fn: Fed-MedLoRA+ "server": adapter arrays → validation loss on the coordinator-held set.
+        round_offset: Rounds already done (resume): round numbers are ``round_offset + server_round``.
+        fraction_evaluate: Federated evaluation fraction (0 = none).
+        node_wait_timeout_s: How long to wait for ``min_available_nodes`` before failing (None = forever).
+        compression: Adapter transport (``fedmedlora.compression``): ``none``, ``fp16``, ``bf16`` or ``int8``
+            (int8 uploads the delta from the sent global with the site's error feedback; downloads use fp16).
+    """
+
+    #: The rule name (``fedmedlora.aggregation.RULES``) this class implements.
+    rule: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        settings: AggregationSettings,
+        *,
+        num_rounds: int,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 1,
+        min_available_nodes: int = 1,
+        seed: int = 0,
+        server_loss_fn: Callable[[dict[str, np.ndarray]], float] | None = None,
+        round_offset: int = 0,
+        fraction_evaluate: float = 0.0,
+        node_wait_timeout_s: float | None = None,
+        compression: str = "none",
+    ) -> None:
+        if settings.rule != self.rule:
+            raise ValueError(f"{type(self).__name__} implements rule {self.rule!r}, settings say {settings.rule!r}")
+        if not 0 < fraction_train <= 1:
+            raise ValueError(f"fraction_train must be in (0, 1], got {fraction_train}")
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=1,
+            min_available_nodes=max(min_available_nodes, min_train_nodes),
+            weighted_by_key=NUM_TOKENS if settings.size_key == "tokens" else NUM_EXAMPLES,
+            arrayrecord_key=ARRAYS_KEY,
+            configrecord_key=CONFIG_KEY,
+        )
+        self.settings = settings
+        self.num_rounds = num_rounds
+        self.seed = seed
+        self.server_loss_fn = server_loss_fn
+        self.round_offset = round_offset
+        self.node_wait_timeout_s = node_wait_timeout_s
+        self.compression = compression
+        self.transport = Transport(compression)
+        self.site_names: dict[int, str] = {}  # node id -> site name, learned from earlier replies (failure logs)
+        self.rounds: dict[int, RoundLog] = {}
+        self.messages: list[dict[str, Any]] = []  # comm records not yet flushed by the round recorder
+        self._global: dict[str, np.ndarray] = {}
+        self._expected_up: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    # -- what differs between rules ---------------------------------------------------------------------------
+    def upload_keys(self, keys: Iterable[str], round_: int) -> list[str]:
+        """Tensors a site sends back (and the server averages) in ``round_``: the rule's shared keys."""
+        return shared_keys(self.rule, list(keys))
+
+    def required_metrics(self) -> list[str]:
+        """Metric names every training reply must carry."""
+        return [self.weighted_by_key, TRAIN_LOSS]
+
+    def site_weights(
+        self, replies: Sequence[SiteReply], sizes: Sequence[float]
+    ) -> tuple[np.ndarray, list[float] | None]:
+        """Normalised aggregation weight of each (validated, site-sorted) reply, and the per-site validation
+        losses they were computed from (``None``: size weights, the default)."""
+        return size_weights(sizes, [r.site for r in replies]), None
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def summary(self) -> None:
+        super().summary()
+        log.info("fedmedlora aggregation: %s", self.settings)
+
+    def global_round(self, server_round: int) -> int:
+        return self.round_offset + server_round
+
+    def sample(self, node_ids: Iterable[int], server_round: int) -> list[int]:
+        """Deterministic sample for a round: ``max(int(n·fraction), min_train_nodes)`` of the sorted ids."""
+        ids = sorted(node_ids)
+        size = min(len(ids), max(int(len(ids) * self.fraction_train), self.min_train_nodes))
+        rng = np.random.default_rng([self.seed, self.global_round(server_round)])
+        # choose positions, not ids: node ids are up to 2**64 and numpy would turn them into (lossy) float64
+        return sorted(ids[int(i)] for i in rng.choice(len(ids), size=size, replace=False))
+
+    def _learn_site_names(self, grid: Grid) -> None:
+        """Node id -> the name it was registered under (Deployment Engine), to name sites that never reply."""
+        try:
+            infos = list(grid.get_nodes())
+        except Exception:
+            return
+        for info in infos:
+            name = getattr(info, "name", "")
+            if name:
+                self.site_names.setdefault(int(info.node_id), str(name))
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        start = time.monotonic()
+        while len(ids := list(grid.get_node_ids())) < self.min_available_nodes:
+            waited = time.monotonic() - start
+            if self.node_wait_timeout_s is not None and waited > self.node_wait_timeout_s:
+                raise FederationError(
+                    f"only {len(ids)} of the {self.min_available_nodes} required sites connected after {waited:.0f} s"
+                )
+            log.info("waiting for sites: %d connected, %d required", len(ids), self.min_available_nodes)
+            time.sleep(1.0)
+        return ids
+
+    # -- training --------------------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample sites and send each the global adapter plus the round's config."""
+        rnd = self.global_round(server_round)
+        payload, self._global = self.transport.send_down(from_record(arrays, "global adapter"))
+        if self.transport.enabled:  # sites start from the rounded global; the server keeps it as the reference
+            arrays = to_record(payload)
+        upload = self.upload_keys(self._global, rnd)
+        self._expected_up = self.transport.upload_spec({k: v for k, v in spec_of(self._global).items() if k in upload})
+        node_ids = self.sample(self._wait_for_nodes(grid), server_round)
+        self._learn_site_names(grid)
+        cfg = ConfigRecord(dict(config))
+        cfg[ROUND] = rnd
+        cfg[RULE] = self.rule
+        # more than the rule shares (FedSA's last round): the sites add their private tensors to the upload
+        cfg[SEND_PRIVATE] = set(upload) != set(shared_keys(self.rule, list(self._global)))
+        cfg[COMPRESSION] = self.compression
+        record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg})
+        info = describe(record)
+        self.rounds[rnd] = RoundLog(
+            round=rnd, rule=self.rule, sampled_node_ids=node_ids, started=time.time(), uploaded_keys=len(upload)
+        )
+        for nid in node_ids:
+            self.messages.append({"round": rnd, "direction": "down", "node_id": nid, "type": "train", **info})
+        log.info(
+            "round %d: sending the global adapter (%d tensors, %d B) to nodes %s",
+            rnd,
+            info["n_tensors"],
+            info["bytes"],
+            node_ids,
+        )
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=nid) for nid in node_ids]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate every reply, weight the sites by the rule, average the shared tensors."""
+        rnd = self.global_round(server_round)
+        rlog = self.rounds.setdefault(rnd, RoundLog(round=rnd, rule=self.rule))
+        ok = self._valid_replies(rnd, replies, rlog)
+        sites = [r.site for r in ok]
+        sizes = [r.metrics[self.weighted_by_key] for r in ok]
+        weights, losses = self.site_weights(ok, sizes)
+        new_global = merge_into(self._global, weighted_mean([r.arrays for r in ok], weights, sites=sites))
+        down = {m["node_id"]: m["bytes"] for m in self.messages if m["round"] == rnd and m["direction"] == "down"}
+        rlog.sites = sites
+        rlog.node_ids = [r.node_id for r in ok]
+        rlog.weights = {s: float(w) for s, w in zip(sites, weights, strict=True)}
+        rlog.sizes = {s: float(n) for s, n in zip(sites, sizes, strict=True)}
+        if losses is not None:
+            rlog.losses = {s: float(v) for s, v in zip(sites, losses, strict=True)}
+            rlog.loss_source = self.settings.loss_source
+        rlog.train_loss = {r.site: r.metrics[TRAIN_LOSS] for r in ok}
+        rlog.bytes_up = {r.site: r.nbytes for r in ok}
+        rlog.bytes_down = {r.site: int(down.get(r.node_id, 0)) for r in ok}
+        rlog.aggregated = time.time()
+        metrics = MetricRecord(
+            {
+                TRAIN_LOSS: float(sum(w * r.metrics[TRAIN_LOSS] for w, r in zip(weights, ok, strict=True))),
+                "num-sites": len(ok),
+                self.weighted_by_key: float(sum(sizes)),
+            }
+        )
+        log.info("round %d: aggregated %s with weights %s", rnd, sites, np.round(weights, 4).tolist())
+        return to_record(new_global), metrics
+
+    def _valid_replies(self, rnd: int, replies: Iterable[Message], rlog: RoundLog) -> list[SiteReply]:
+        """The round's replies that pass the message contract, decoded, sorted by site; failures logged.
+
+        Raises:
+            FederationError: fewer than ``min_train_nodes`` valid replies.
+            ReplyValidationError: a reply breaks the contract, or two replies claim one site.
+        """
+        ok: list[SiteReply] = []
+        for msg in replies:
+            nid = msg.metadata.src_node_id
+            if msg.has_error():
+                rlog.failures.append(f"node {nid}: {msg.error.reason}")
+                log.warning("round %d: node %d failed: %s", rnd, nid, msg.error.reason)
+                continue
+            info = describe(msg.content)
+            reply = validate_train_reply(msg, self._expected_up, self.required_metrics())
+            reply = replace(reply, arrays=self.transport.receive_up(reply.arrays, self._global))
+            self.messages.append(
+                {"round": rnd, "direction": "up", "node_id": nid, "site": reply.site, "type": "train", **info}
+            )
+            ok.append(reply)
+        # every sampled site without a valid reply is named (crashed nodes send nothing at all, and Flower reports
+        # a stopped node's error as coming from node 1, so the error lines above cannot name them)
+        answered = {r.node_id for r in ok}
+        for nid in rlog.sampled_node_ids:
+            if nid not in answered:
+                name = self.site_names.get(nid, f"node {nid}")
+                rlog.failures.append(f"{name}: no valid reply in round {rnd} (offline, crashed or timed out)")
+                log.warning("round %d: site %s (node %d) sent no valid reply", rnd, name, nid)
+        for r in ok:
+            self.site_names[r.node_id] = r.site
+        if len(ok) < max(self.min_train_nodes, 1):
+            raise FederationError(
+                f"round {rnd}: {len(ok)} valid site replies, {self.min_train_nodes} required; failures: {rlog.failures}"
+            )
+        ok.sort(key=lambda r: r.site)
+        sites = [r.site for r in ok]
+        if len(set(sites)) != len(sites):
+            raise ReplyValidationError(f"round {rnd}: two replies claim the same site: {sites}")
+        return ok
+
+    # -- federated evaluation (off unless fraction_evaluate > 0) -----------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's evaluation messages, recorded in the communication log."""
+        msgs = list(super().configure_evaluate(server_round, arrays, config, grid))
+        rnd = self.global_round(server_round)
+        for m in msgs:
+            info = describe(m.content)
+            self.messages.append(
+                {"round": rnd, "direction": "down", "node_id": m.metadata.dst_node_id, "type": "evaluate", **info}
+            )
+        return msgs
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Mean of the sites' ``val-loss`` weighted by their ``num-examples`` (per-site values kept in the log)."""
+        rnd = self.global_round(server_round)
+        losses: dict[str, float] = {}
+        sizes: dict[str, float] = {}
+        for msg in replies:
+            if msg.has_error():
+                self.rounds.setdefault(rnd, RoundLog(round=rnd, rule=self.rule)).failures.append(
+                    f"evaluate node {msg.metadata.src_node_id}: {msg.error.reason}"
+                )
+                continue
+            reply = validate_train_reply(msg, {}, [VAL_LOSS, NUM_EXAMPLES])
+            losses[reply.site] = reply.metrics[VAL_LOSS]
+            sizes[reply.site] = reply.metrics[NUM_EXAMPLES]
+        if not losses:
+            return None
+        total = sum(sizes.values())
+        rlog = self.rounds.setdefault(rnd, RoundLog(round=rnd, rule=self.rule))
+        rlog.site_val_loss = losses
+        mean = sum(losses[s] * sizes[s] for s in losses) / total if total > 0 else float(np.mean(list(losses.values())))
+        return MetricRecord({VAL_LOSS: float(mean), NUM_EXAMPLES: int(total)})
+
+
+# ---- the rules -------------------------------------------------------------------------------------------------
+
+
+class FedMedLoRA(LoraStrategy):
+    """Fed-MedLoRA (paper; reference ``adaptor_avg``): every LoRA tensor, A and B averaged independently, with
+    weights proportional to each site's training tokens (or examples, ``federation.weight_by``)."""
+
+    rule = "fedmedlora"
+
+
+class FedMedLoRAPlus(LoraStrategy):
+    """Fed-MedLoRA+ (reference ``adaptor_avg_by_loss``): ``w_k ∝ exp(−L_k / T)``, ``L_k`` the validation loss of
+    site ``k``'s adapter on the coordinator-held set (``loss_source="server"``, via ``server_loss_fn``) or on the
+    site's own dev split (``"site"``, reported as ``site-val-loss``); ``combine_with_size`` multiplies in the
+    size weight."""
+
+    rule = "fedmedlora+"
+
+    def __init__(self, settings: AggregationSettings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        if settings.loss_source == "server" and self.server_loss_fn is None:
+            raise ValueError("Fed-MedLoRA+ with loss_source='server' needs server_loss_fn (coordinator validation set)")
+
+    def required_metrics(self) -> list[str]:
+        extra = [SITE_VAL_LOSS] if self.settings.loss_source == "site" else []
+        return [*super().required_metrics(), *extra]
+
+    def site_weights(
+        self, replies: Sequence[SiteReply], sizes: Sequence[float]
+    ) -> tuple[np.ndarray, list[float] | None]:
+        if self.settings.loss_source == "site":
+            losses = [r.metrics[SITE_VAL_LOSS] for r in replies]
+        else:
+            assert self.server_loss_fn is not None
+            losses = [float(self.server_loss_fn(merge_into(self._global, r.arrays))) for r in replies]
+        return weights_for(self.settings, sizes, losses, [r.site for r in replies]), losses
+
+
+class FedSA(LoraStrategy):
+    """FedSA-LoRA (Guo et al., ICLR 2025): only ``lora_A`` is shared and averaged (size weights); each site keeps
+    its own ``lora_B`` in its state. In the last round every tensor travels, so the final global adapter has an
+    averaged B too (the sites keep their own)."""
+
+    rule = "fedsa"
+
+    def upload_keys(self, keys: Iterable[str], round_: int) -> list[str]:
+        if round_ == self.num_rounds:
+            return sorted(keys)
+        return super().upload_keys(keys, round_)
+
+
+class FFA(LoraStrategy):
+    """FFA-LoRA (Sun et al., ICLR 2024): ``lora_A`` frozen at the shared random initialisation (the sites freeze
+    it when the round's ``rule`` says ``ffa``); only ``lora_B`` is trained, shared and averaged, so ``B̄A`` is the
+    exact average of the sites' ``B_k A``. The key selection is ``aggregation.shared_keys("ffa", ...)``."""
+
+    rule = "ffa"
+
+
+#: Rule name → strategy class; exactly ``fedmedlora.aggregation.RULES``.
+STRATEGIES: dict[str, type[LoraStrategy]] = {cls.rule: cls for cls in (FedMedLoRA, FedMedLoRAPlus, FedSA, FFA)}
+
+
+def make_strategy(settings: AggregationSettings, **kwargs: Any) -> LoraStrategy:
+    """The strategy of ``settings.rule`` (keyword arguments: see ``LoraStrategy``)."""
+    return STRATEGIES[settings.rule](settings, **kwargs)

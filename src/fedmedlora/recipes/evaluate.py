@@ -1,0 +1,89 @@
+"""Evaluation of any adapter on benchmark sites: extraction on each site's evaluation sample, scoring, run files.
+
+Owns ``evaluate_arrays`` (the one scoring path of every LLM row: zero-shot, single-site, centralized, federated,
+adapted) and ``write_eval`` (``eval/<name>.json|md`` and the raw generations ``eval/<name>_outputs.jsonl``). RE is
+scored with gold heads (the paper's protocol: each head entity is marked in the input).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fedmedlora.benchmark import Benchmark
+from fedmedlora.config import RunConfig
+from fedmedlora.extract import ExtractionStats, extract_sentences
+from fedmedlora.lm.session import Session
+from fedmedlora.metrics import score_sentences
+from fedmedlora.reports import eval_markdown
+from fedmedlora.runs import RunDir, eval_file
+from fedmedlora.sampling import eval_items
+
+
+def evaluate_arrays(
+    session: Session,
+    arrays: dict[str, np.ndarray] | None,
+    bench: Benchmark,
+    sites: Sequence[str],
+    cfg: RunConfig,
+) -> dict[str, dict[str, Any]]:
+    """Extract on each site's evaluation sentences with ``arrays`` loaded (None: the initial adapter) and score
+    against gold.
+
+    Returns:
+        ``{site: {"metrics": Evaluation.to_dict(), "parse": ExtractionStats.to_dict(), "n_sentences", "seconds",
+        "outputs": [{"prompt", "output"}, ...]}}`` (``outputs``: every raw generation, for error analysis;
+        ``write_eval`` stores them apart from the tables). ``metrics.parse_failures`` holds the same per-task
+        failure reasons as ``parse``.
+    """
+    session.set_arrays(arrays)
+    gen = session.generate_fn(cfg)
+    out: dict[str, dict[str, Any]] = {}
+    for site in sites:
+        t0 = time.perf_counter()
+        _, items = eval_items(bench, site, cfg)
+        stats = ExtractionStats()
+        outputs: list[dict[str, str]] = []
+        preds = extract_sentences(
+            items, _recording(gen, outputs), fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold", stats=stats
+        )
+        ev = score_sentences(items, preds, cfg.data.tasks)
+        for task, reasons in stats.by_task.items():
+            ev.add_failures(task, reasons)
+        out[site] = {
+            "metrics": ev.to_dict(),
+            "parse": stats.to_dict(),
+            "n_sentences": len(items),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "outputs": outputs,
+        }
+    return out
+
+
+def _recording(gen: Callable[[list[str]], list[str]], into: list[dict[str, str]]) -> Callable[[list[str]], list[str]]:
+    """``gen`` that also appends each ``{"prompt", "output"}`` pair to ``into``."""
+
+    def fn(prompts: list[str]) -> list[str]:
+        answers = gen(prompts)
+        into.extend({"prompt": p, "output": a} for p, a in zip(prompts, answers, strict=True))
+        return answers
+
+    return fn
+
+
+def write_eval(run: RunDir, name: str, results: dict[str, dict[str, Any]]) -> None:
+    """``eval/<name>.json`` (scores and parse statistics per site), ``eval/<name>.md`` (tables) and
+    ``eval/<name>_outputs.jsonl`` (one line per generation: site, prompt, raw output)."""
+    tables = {site: {k: v for k, v in r.items() if k != "outputs"} for site, r in results.items()}
+    run.write_json(eval_file(name), tables)
+    run.write_text(eval_file(name, ".md"), eval_markdown(tables, title=name))
+    lines = [
+        json.dumps({"site": site, **o}, ensure_ascii=False) + "\n"
+        for site, r in results.items()
+        for o in r.get("outputs", [])
+    ]
+    run.write_text(eval_file(name, "_outputs.jsonl"), "".join(lines))

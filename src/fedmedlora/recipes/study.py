@@ -1,0 +1,316 @@
+"""The study: every setting users compare, on one benchmark, in one command, into one comparison table.
+
+Owns the orchestration of ``fedmedlora study``:
+
+1. zero-shot (the base model through the same prompts);
+2. single-site: one adapter per training site, each trained only on its own data;
+3. centralized: one adapter on the pooled data of all training sites (the upper bound);
+4. Fed-MedLoRA and Fed-MedLoRA+ (and optionally FedSA-LoRA / FFA-LoRA) through the real Flower apps;
+5. the new low-resource site: each model evaluated directly, then the Fed-MedLoRA adapter adapted with the new site's
+   few training documents (``adapt``) against training from the base model on the same documents (``local_only``);
+6. optional encoder baseline rows (``fedmedlora.encoder``).
+
+Compute is matched: a federated site does ``rounds × train.max_steps`` local steps (or ``rounds × train.epochs``);
+a single-site model gets the same number of steps on its site; the centralized model gets the federation's total
+(``rounds × steps × number of sites``, or ``rounds × epochs`` over the pooled data).
+
+Writes ``<out>/study.md``, ``study.csv``, ``study.json``, ``plots/*.png`` and one run folder per model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmedlora.benchmark import open_benchmark
+from fedmedlora.config import ConfigError, RunConfig, load_config
+from fedmedlora.federation.checkpoint import ResumeError, checkpointed_round
+from fedmedlora.federation.simulation import FederationResult, run_federation
+from fedmedlora.lm.session import get_session
+from fedmedlora.recipes.encoder_study import encoder_rows
+from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
+from fedmedlora.recipes.local import Setting, run_setting
+from fedmedlora.reports import comparison_csv, plot_rounds, study_markdown, unseen_site_rows
+from fedmedlora.runs import (
+    CONFIG_FILE,
+    FINAL,
+    ROUNDS_FILE,
+    STUDY_CSV,
+    STUDY_JSON,
+    STUDY_MD,
+    STUDY_ROW_FILE,
+    RunDir,
+    eval_file,
+)
+
+FED_METHODS = {"fedmedlora": "Fed-MedLoRA", "fedmedlora+": "Fed-MedLoRA+", "fedsa": "FedSA-LoRA", "ffa": "FFA-LoRA"}
+SKIPPABLE = ("zero_shot", "single_site", "centralized", "new_site")
+
+
+def _scaled(cfg: RunConfig, factor: float) -> RunConfig:
+    """``cfg`` with its training budget multiplied by ``factor`` (steps if set, else epochs)."""
+    t = cfg.train
+    if t.max_steps is not None:
+        train = t.model_copy(update={"max_steps": max(1, round(t.max_steps * factor))})
+    else:
+        train = t.model_copy(update={"epochs": t.epochs * factor})
+    return cfg.model_copy(update={"train": train})
+
+
+def run_study(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    fed_methods: Sequence[str] = ("fedmedlora", "fedmedlora+"),
+    external: Sequence[str] | None = None,
+    encoder: bool = False,
+    encoder_settings: dict[str, Any] | None = None,
+    skip: Sequence[str] = (),
+    progress: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run the study and write its comparison table. Returns the table rows and per-model extras.
+
+    Args:
+        cfg: the base configuration (model, LoRA, training budget per round, federation rounds, evaluation caps).
+        out: study folder.
+        fed_methods: aggregation rules to run (keys of ``FED_METHODS``).
+        external: extra evaluation-only sites of the benchmark (never trained on); default: the benchmark's
+            ``external`` sites.
+        encoder: add encoder-baseline rows (single-site, centralized, federated full / LoRA).
+        encoder_settings: ``fedmedlora.encoder.settings.EncoderSettings`` fields for those rows.
+        skip: settings to leave out (``SKIPPABLE``: zero_shot, single_site, centralized, new_site).
+    """
+    study = Study(cfg, out, fed_methods=fed_methods, external=external, progress=progress)
+    rounds = study.cfg.federation.rounds
+    train_sites = study.train_sites
+    if "zero_shot" not in skip:
+        study.local("zero-shot", "zero_shot", study.cfg)
+    if "single_site" not in skip:
+        for site in train_sites:
+            study.local(f"single-site ({site})", "single_site", _scaled(study.cfg, rounds), sites=[site])
+    if "centralized" not in skip:
+        factor = rounds * len(train_sites) if cfg.train.max_steps is not None else rounds
+        study.local("centralized", "centralized", _scaled(study.cfg, factor), sites=train_sites)
+    for rule in fed_methods:
+        study.federated(rule)
+    if study.new_site and "new_site" not in skip:
+        study.new_site_rows()
+    if encoder:
+        study.encoder_rows(encoder_settings)
+    return study.write()
+
+
+class Study:
+    """One study folder being filled: the benchmark, the shared model session, and every row's results.
+
+    Each row is a run folder under ``out``; a finished row of the same configuration, evaluation sites and
+    starting adapter is reused (``study_row.json`` records what it was run with), and an interrupted federation
+    resumes from its last checkpoint, so a study that is interrupted or extended goes on where it was.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out: str | Path,
+        *,
+        fed_methods: Sequence[str],
+        external: Sequence[str] | None,
+        progress: Callable[[str], Any],
+    ) -> None:
+        self.t_start = time.perf_counter()
+        self.out = Path(out)
+        self.progress = progress
+        self.bench = bench = open_benchmark(cfg.data.benchmark)
+        self.train_sites = list(cfg.federation.sites or bench.train_sites)
+        self.new_site = bench.new_site
+        self.external = list(external) if external is not None else list(bench.external_sites)
+        for s in [*self.train_sites, *self.external]:
+            if s not in bench.sites:
+                raise ValueError(f"unknown site {s!r}; the benchmark has {sorted(bench.sites)}")
+        bad = set(fed_methods) - set(FED_METHODS)
+        if bad:
+            raise ValueError(f"unknown federated method(s) {sorted(bad)}; choose from {sorted(FED_METHODS)}")
+        if set(self.external) & set(self.train_sites):
+            raise ValueError(
+                f"external sites {sorted(set(self.external) & set(self.train_sites))} are also training sites"
+            )
+        self.fed_methods = list(fed_methods)
+        self.eval_sites = [*self.train_sites, *self.external, *([self.new_site] if self.new_site else [])]
+        self.cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"sites": self.train_sites})})
+        self.run = RunDir(
+            self.out,
+            self.cfg,
+            command="study",
+            train_sites=self.train_sites,
+            external=self.external,
+            new_site=self.new_site,
+        )
+        # one loaded model for every setting (the federation's clients use the same process-wide session)
+        self.session = get_session(self.cfg)
+        self.results: dict[str, dict[str, Any]] = {}
+        self.extras: dict[str, dict[str, Any]] = {}
+        self.fed_rounds: dict[str, list[dict[str, Any]]] = {}
+        self.fed_dirs: dict[str, Path] = {}
+
+    # -- rows ----------------------------------------------------------------------------------------------------
+    def local(self, name: str, setting: Setting, run_cfg: RunConfig, **kw: Any) -> None:
+        """A non-federated row (``run_setting``), evaluated on the study's sites unless ``eval_sites`` is given."""
+        kw.setdefault("eval_sites", self.eval_sites)
+        what = {"eval_sites": list(kw.get("eval_sites") or []), "init_adapter": str(kw.get("init_adapter") or "")}
+        if self._reuse(self.out / name, run_cfg, name, what):
+            return
+        if (self.out / name).exists():
+            shutil.rmtree(self.out / name)  # an incomplete or differently configured run: start it again
+        self.progress(f"[study] {name}")
+        t0 = time.perf_counter()
+        run = run_setting(setting, run_cfg, self.out / name, session=self.session, command=f"study:{setting}", **kw)
+        self.results[name] = run.read_json(eval_file("test"))
+        recs = run.read_jsonl(ROUNDS_FILE)
+        self.extras[name] = {
+            "train steps": sum(r.get("steps", 0) for r in recs),
+            "minutes": round((time.perf_counter() - t0) / 60, 1),
+        }
+        run.write_json(STUDY_ROW_FILE, {**self.extras[name], "_reuse_key": what})
+
+    def federated(self, rule: str) -> None:
+        """A federated row through the real Flower apps (in-process simulation), resumed if interrupted."""
+        cfg, name = self.cfg, FED_METHODS[rule]
+        fcfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"strategy": rule})})
+        fed_dir = self.out / name.lower().replace("+", "-plus")
+        self.fed_dirs[rule] = fed_dir
+        what = {"eval_sites": list(self.eval_sites), "init_adapter": ""}
+        if self._reuse(fed_dir, fcfg, name, what):
+            self.fed_rounds[name] = RunDir(fed_dir).read_jsonl(ROUNDS_FILE)
+            return
+        t0 = time.perf_counter()
+        result, done_before = self._resume_federation(fcfg, fed_dir, name)
+        if result is None:
+            if fed_dir.exists():
+                shutil.rmtree(fed_dir)  # a differently configured run: start it again
+            self.progress(f"[study] {name}")
+            result = run_federation(fcfg, fed_dir)
+        run = RunDir(fed_dir)
+        evals = evaluate_arrays(self.session, result.arrays, self.bench, self.eval_sites, fcfg)
+        write_eval(run, "test", evals)
+        self.results[name] = evals
+        recs = [r for r in result.rounds if r.get("round", 0) > 0]  # every round, an interrupted call's too
+        self.fed_rounds[name] = result.rounds
+        per_round = [sum(r.get("bytes_up", {}).values()) + sum(r.get("bytes_down", {}).values()) for r in recs]
+        rounds, n_sites = cfg.federation.rounds, len(self.train_sites)
+        self.extras[name] = {
+            "train steps": (cfg.train.max_steps or 0) * rounds * n_sites or "epochs",
+            "MB per round (all sites, up+down)": round(max(per_round) / 1e6, 2) if per_round else 0,
+            "minutes": round((time.perf_counter() - t0 + done_before) / 60, 1),
+        }
+        run.write_json(STUDY_ROW_FILE, {**self.extras[name], "_reuse_key": what})
+
+    def new_site_rows(self) -> None:
+        """The new low-resource site: the federated adapter adapted to it, against training from the base model."""
+        new_site, scaled = self.new_site, _scaled(self.cfg, self.cfg.federation.rounds)
+        assert new_site is not None
+        base_rule = "fedmedlora" if "fedmedlora" in self.fed_dirs else next(iter(self.fed_dirs), None)
+        if base_rule is not None:
+            self.local(
+                f"{FED_METHODS[base_rule]} → adapted to {new_site}",
+                "adapt",
+                scaled,
+                sites=[new_site],
+                eval_sites=[new_site],
+                init_adapter=RunDir(self.fed_dirs[base_rule]).adapter_dir(FINAL),
+            )
+        self.local(f"{new_site} only (from base)", "local_only", scaled, sites=[new_site], eval_sites=[new_site])
+
+    def encoder_rows(self, settings: dict[str, Any] | None) -> None:
+        """The encoder (BERT-style) baseline rows (``fedmedlora.recipes.encoder_study``)."""
+        self.progress("[study] encoder baseline")
+        enc_results, enc_extras = encoder_rows(
+            self.cfg, self.bench, self.train_sites, self.eval_sites, self.out / "encoder", settings=settings
+        )
+        self.results.update(enc_results)
+        self.extras.update(enc_extras)
+
+    # -- the table -----------------------------------------------------------------------------------------------
+    def write(self) -> dict[str, Any]:
+        """``study.md``, ``study.csv``, ``study.json`` and the per-round plots; returns rows, extras, Markdown."""
+        groups: dict[str, list[str]] = {f"{s}": [s] for s in self.train_sites}
+        groups["in-domain (all)"] = self.train_sites
+        for s in self.external:
+            groups[f"external: {s}"] = [s]
+        if self.new_site:
+            groups[f"new site: {self.new_site}"] = [self.new_site]
+        # the paper's generalisation claim: federated models against each single-site model on the sites it never saw
+        compare = {
+            "LLM adapters": [*(FED_METHODS[r] for r in self.fed_methods), "centralized"],
+            "encoder models": ["encoder federated-full", "encoder federated-lora", "encoder centralized"],
+        }
+        prefix = {"LLM adapters": "", "encoder models": "encoder "}
+        unseen = {
+            kind: unseen_site_rows(
+                self.results, {f"{prefix[kind]}single-site ({s})": s for s in self.train_sites}, self.train_sites, c
+            )
+            for kind, c in compare.items()
+        }
+        plots = plot_rounds(self.fed_rounds, self.out / "plots") if self.fed_rounds else []
+        rows, md = study_markdown(
+            self.results, groups, self.extras, unseen, compare, plots, title=f"Study on {self.bench.name}"
+        )
+        self.run.write_text(STUDY_MD, md)
+        self.run.write_text(STUDY_CSV, comparison_csv(rows))
+        self.run.write_json(
+            STUDY_JSON,
+            {
+                "rows": [{"model": m, "group": g, **h} for m, g, h in rows],
+                "extras": self.extras,
+                "groups": groups,
+                "unseen_sites": unseen,
+            },
+        )
+        self.run.finish(minutes=round((time.perf_counter() - self.t_start) / 60, 1))
+        return {"rows": rows, "extras": self.extras, "markdown": md}
+
+    # -- reuse and resume ----------------------------------------------------------------------------------------
+    def _resume_federation(self, cfg: RunConfig, fed_dir: Path, name: str) -> tuple[FederationResult | None, float]:
+        """Continue an interrupted federation in ``fed_dir`` from its last checkpointed round.
+
+        Returns the federation result and the seconds its earlier rounds took, or ``(None, 0.0)`` when there is
+        no checkpoint or the run there was made with a different configuration (the caller starts it again).
+        """
+        done = checkpointed_round(fed_dir)
+        if done is None:
+            return None, 0.0
+        before = RunDir(fed_dir).read_jsonl(ROUNDS_FILE)
+        seconds = sum(float(r.get("seconds", 0.0)) for r in before if 0 < r.get("round", 0) <= done)
+        try:
+            self.progress(f"[study] {name}: resuming the interrupted run in {fed_dir} after round {done}")
+            return run_federation(cfg, fed_dir, resume=True), seconds
+        except ResumeError as e:
+            self.progress(f"[study] {name}: cannot resume ({e}); starting again")
+            return None, 0.0
+
+    def _reuse(self, run_path: Path, run_cfg: RunConfig, name: str, what: dict[str, Any]) -> bool:
+        """Reuse a finished run of the same configuration, evaluation sites and starting adapter (an interrupted
+        or extended study continues where it was)."""
+        needed = [run_path / CONFIG_FILE, run_path / eval_file("test"), run_path / STUDY_ROW_FILE]
+        if not all(p.is_file() for p in needed):
+            return False
+        try:
+            if load_config(run_path / CONFIG_FILE) != run_cfg:
+                return False
+        except ConfigError:
+            return False
+        run = RunDir(run_path)
+        row = run.read_json(STUDY_ROW_FILE)
+        if row.pop("_reuse_key", None) != what:
+            return False
+        self.results[name] = run.read_json(eval_file("test"))
+        self.extras[name] = row
+        self.progress(f"[study] {name}: reusing the finished run in {run_path}")
+        return True
+
+
+def load_study(out: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out) / STUDY_JSON).read_text(encoding="utf-8"))
