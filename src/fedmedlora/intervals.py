@@ -205,10 +205,11 @@ def evaluation_intervals(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for task in CI_TASKS:
         for rule in CI_RULES:
-            counts = count_matrix(docs, task, rule)
-            if not docs or not any(task in d for d in docs):
+            if not any(task in d for d in docs):
                 continue
-            ci = bootstrap_interval(counts, strata, n_resamples=n_resamples, seed=seed, level=level)
+            ci = bootstrap_interval(
+                count_matrix(docs, task, rule), strata, n_resamples=n_resamples, seed=seed, level=level
+            )
             flat: dict[str, float] = {"n_docs": float(len(docs))}
             for name, iv in ci.items():
                 flat[name], flat[f"{name}_low"], flat[f"{name}_high"] = iv.estimate, iv.low, iv.high
