@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedmedlora.aggregation import LOSS_SOURCES, RULES, SIZE_KEYS
 from fedmedlora.compression import METHODS
@@ -115,6 +115,23 @@ class EvalConfig(_Section):
     merge_adapter: bool = Field(
         True, description="Merge LoRA into the base weights while generating (faster; weights restored exactly)."
     )
+    early_stop: bool = Field(
+        True, description="End an answer as soon as it is complete (JSON list closed, HTML sentence reproduced)."
+    )
+    stop_on_repetition: bool = Field(True, description="End an answer that has fallen into a token loop.")
+    prefix_cache: bool = Field(
+        True, description="Compute the shared instruction prefix of a site's prompts once (identical answers)."
+    )
+    constrained: bool = Field(
+        False,
+        description="Constrained decoding (JSON format only): answers always parse and every span is copied "
+        "from the sentence.",
+    )
+    bootstrap_resamples: int = Field(
+        1000,
+        ge=0,
+        description="Document-level bootstrap resamples for the 95% intervals of micro P/R/F1 (0 = no intervals).",
+    )
 
 
 class StudyConfig(_Section):
@@ -141,6 +158,15 @@ class RunConfig(_Section):
         if not v or "/" in v or v.startswith("."):
             raise ValueError("must be a plain folder name")
         return v
+
+    @model_validator(mode="after")
+    def _constrained_needs_json(self) -> RunConfig:
+        if self.eval.constrained and self.data.format != "json":
+            raise ValueError(
+                "eval.constrained: constrained decoding is implemented for data.format=json only "
+                f"(got data.format={self.data.format!r})"
+            )
+        return self
 
     # ---- YAML -------------------------------------------------------------------------------------------------
     def to_yaml(self) -> str:

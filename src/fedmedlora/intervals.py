@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmedlora.metrics import score_sentences
+from fedmedlora.metrics import Evaluation, score_sentences
 from fedmedlora.schema import LabelSet, Sentence
 
 #: The rules that get intervals (the paper's two).
@@ -78,9 +78,11 @@ def resample_weights(strata: Sequence[int], n_resamples: int, seed: int) -> np.n
     weights = np.zeros((n_resamples, n), dtype=np.int64)
     for s in sorted(set(strata_arr.tolist())):
         members = np.flatnonzero(strata_arr == s)
-        draws = rng.integers(0, members.size, size=(n_resamples, members.size))
-        for row in range(n_resamples):
-            weights[row, members] += np.bincount(draws[row], minlength=members.size)
+        m = members.size
+        draws = rng.integers(0, m, size=(n_resamples, m))
+        # one bincount for every resample at once: resample ``row`` counts its draws in bins ``row * m ..``
+        offsets = draws + (np.arange(n_resamples, dtype=np.int64) * m)[:, None]
+        weights[:, members] += np.bincount(offsets.ravel(), minlength=n_resamples * m).reshape(n_resamples, m)
     return weights
 
 
@@ -247,3 +249,152 @@ def paired_comparison(
         seed=seed,
         level=level,
     )
+
+
+# ---- what evaluations and studies report ----------------------------------------------------------------------
+
+#: The key of an evaluation (``eval/<name>.json``) that holds the intervals of all its sites pooled; every other
+#: key is a site.
+OVERALL = "_overall"
+
+#: The (task, rule) pairs a study compares, in the order its table lists them.
+PAIRED_METRICS: tuple[tuple[str, str], ...] = (
+    ("ner", "strict"),
+    ("re", "strict"),
+    ("ner", "lenient"),
+    ("re", "lenient"),
+)
+
+WIN, LOSS, NOT_SIGNIFICANT = "win", "loss", "not significant"
+
+
+def site_results(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-site entries of an evaluation (without ``OVERALL``)."""
+    return {k: v for k, v in results.items() if k != OVERALL}
+
+
+def has_documents(results: Mapping[str, Mapping[str, Any]], sites: Sequence[str]) -> bool:
+    """Whether every site of ``sites`` is in ``results`` with per-document counts (evaluations made before
+    intervals existed, and the encoder rows, have none)."""
+    return bool(sites) and all(isinstance(results.get(s, {}).get("documents"), Mapping) for s in sites)
+
+
+def flat_intervals(ci: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
+    """``evaluation_intervals`` output as ``{"<task>_<rule>_<metric>_low": .., "_high": ..}`` (the keys of a
+    ``reports.headline`` row with ``_low`` / ``_high`` appended)."""
+    out: dict[str, float] = {}
+    for task, rules in ci.items():
+        for rule, d in rules.items():
+            for name in ("precision", "recall", "f1"):
+                if f"{name}_low" in d:
+                    out[f"{task}_{rule}_{name}_low"] = d[f"{name}_low"]
+                    out[f"{task}_{rule}_{name}_high"] = d[f"{name}_high"]
+    return out
+
+
+def group_intervals(
+    results: Mapping[str, Mapping[str, Any]],
+    sites: Sequence[str],
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, dict[str, dict[str, float]]] | None:
+    """``evaluation_intervals`` of ``sites`` pooled, or None where there is nothing to resample (no resamples
+    asked for, a site missing or without per-document counts, or no document)."""
+    if n_resamples <= 0 or not has_documents(results, sites):
+        return None
+    if not any(results[s]["documents"] for s in sites):
+        return None
+    return evaluation_intervals(results, sites, n_resamples=n_resamples, seed=seed, level=level)
+
+
+def verdict(iv: Interval | None) -> str | None:
+    """``win`` / ``loss`` when the interval of A − B excludes 0, else ``not significant`` (None: no interval)."""
+    if iv is None:
+        return None
+    if not iv.excludes_zero:
+        return NOT_SIGNIFICANT
+    return WIN if iv.estimate > 0 else LOSS
+
+
+def _pooled_f1(results: Mapping[str, Mapping[str, Any]], sites: Sequence[str], task: str, rule: str) -> float | None:
+    """Micro F1 of ``task``/``rule`` from the summed counts of ``sites`` (None: the task was not scored there)."""
+    ev = Evaluation()
+    for s in sites:
+        ev += Evaluation.from_dict(results[s]["metrics"])
+    return ev.get(task, rule).f1 if ev.n_instances.get(task, 0) > 0 else None
+
+
+def compare_models(
+    results_a: Mapping[str, Mapping[str, Any]],
+    results_b: Mapping[str, Mapping[str, Any]],
+    sites: Sequence[str],
+    *,
+    metrics: Sequence[tuple[str, str]] = PAIRED_METRICS,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> list[dict[str, Any]]:
+    """Model A against model B on the documents of ``sites`` (stratified by site), one dict per (task, rule)
+    that either model was scored on: ``task``, ``rule``, ``difference`` (F1 of A − F1 of B, a fraction),
+    ``low`` / ``high`` (its paired bootstrap interval), ``verdict`` (``verdict``), ``n_docs`` and ``note``.
+
+    Without per-document counts on both sides (an old evaluation, an encoder row) or with no resamples, the
+    difference comes from the summed counts and ``low`` / ``high`` / ``verdict`` are None; two evaluations of
+    different documents get the same, with the reason in ``note``. [] when either model misses a site.
+    """
+    sites = list(sites)
+    if not sites or not all(s in results_a and s in results_b for s in sites):
+        return []
+    paired = n_resamples > 0 and has_documents(results_a, sites) and has_documents(results_b, sites)
+    note = "" if paired else ("no resamples" if n_resamples <= 0 else "no per-document counts")
+    n_docs = 0
+    if paired:
+        keys_a, _, _ = site_documents(results_a, sites)
+        keys_b, _, _ = site_documents(results_b, sites)
+        n_docs = len(keys_a)
+        if keys_a != keys_b:
+            paired, note = False, "the two models scored different documents"
+        elif not keys_a:
+            paired, note = False, "no document"
+    out: list[dict[str, Any]] = []
+    for task, rule in metrics:
+        f1_a, f1_b = _pooled_f1(results_a, sites, task, rule), _pooled_f1(results_b, sites, task, rule)
+        if f1_a is None and f1_b is None:
+            continue
+        row: dict[str, Any] = {"task": task, "rule": rule, "n_docs": n_docs, "note": note}
+        iv = None
+        if paired:
+            iv = paired_comparison(
+                results_a, results_b, sites, task, rule, n_resamples=n_resamples, seed=seed, level=level
+            )
+        if iv is not None:
+            row.update(difference=iv.estimate, low=iv.low, high=iv.high)
+        else:
+            diff = None if f1_a is None or f1_b is None else f1_a - f1_b
+            row.update(difference=diff, low=None, high=None)
+        row["verdict"] = verdict(iv)
+        out.append(row)
+    return out
+
+
+def row_intervals(
+    models: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    groups: Mapping[str, Sequence[str]],
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {group: flat_intervals}}`` of each model on each group of sites (the sites of a group it was
+    scored on, pooled and stratified by site, as ``reports.comparison_rows`` pools their counts); a model or
+    group without per-document counts on all those sites is left out."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, results in models.items():
+        for group, sites in groups.items():
+            present = [s for s in sites if s in results]
+            ci = group_intervals(results, present, n_resamples=n_resamples, seed=seed, level=level)
+            if ci:
+                out.setdefault(model, {})[group] = flat_intervals(ci)
+    return out

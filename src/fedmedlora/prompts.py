@@ -72,6 +72,48 @@ MODIFIER_GUIDES: dict[str, str] = {
 }
 
 OUTPUT_HEADER = "### Output Text:\n"
+INPUT_HEADER = "### Input Text:\n"
+
+
+class Prompt(str):
+    """An inference prompt (the text a model sees) that also knows what it asks for.
+
+    It *is* the prompt string (every ``generate_fn(prompts)`` treats it as one); the attributes let a decoder
+    stop as soon as the answer is complete or constrain the answer to what the parser accepts
+    (``fedmedlora.stopping``, ``fedmedlora.constraints``) without re-parsing the instruction text.
+
+    Attributes:
+        sentence: the sentence text every answer span must be copied from (without the RE head markup).
+        types: the types the prompt lists (``allowed_types``), in prompt order.
+        fmt: the output format the answer must use.
+        task: ``"ner"`` or ``"re"``.
+        head: for RE, the marked head span (sentence offsets); ``None`` for NER.
+    """
+
+    sentence: str
+    types: tuple[str, ...]
+    fmt: str
+    task: str
+    head: Span | None
+
+    def __new__(
+        cls, text: str, *, sentence: str, types: Sequence[str], fmt: str, task: str, head: Span | None = None
+    ) -> Prompt:
+        obj = super().__new__(cls, text)
+        obj.sentence = sentence
+        obj.types = tuple(types)
+        obj.fmt = fmt
+        obj.task = task
+        obj.head = head
+        return obj
+
+    def __reduce__(self):  # pickles/copies as the plain string it is (only text travels)
+        return (str, (str(self),))
+
+    @property
+    def instruction(self) -> str:
+        """Everything before the input text: identical for all prompts of one site, task (and head type)."""
+        return self[: self.rfind(INPUT_HEADER)]
 
 
 @dataclass(frozen=True)
@@ -236,7 +278,7 @@ def _json_re_instructions(head_type: str, modifier_types: Sequence[str]) -> str:
 
 
 def _wrap(instructions: str, input_text: str) -> str:
-    return instructions + "\n### Input Text:\n" + input_text + "\n" + OUTPUT_HEADER
+    return instructions + "\n" + INPUT_HEADER + input_text + "\n" + OUTPUT_HEADER
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -319,7 +361,7 @@ def _resolve_head(sentence: Sentence, head: Entity | str | None) -> Entity:
 
 def build_prompt(
     sentence: Sentence, label_set: LabelSet, task: str, fmt: str = "html", head: Entity | str | None = None
-) -> str:
+) -> Prompt:
     """The instruction prompt for one sentence, identical to the training prompt, ending at the answer.
 
     Args:
@@ -338,14 +380,16 @@ def build_prompt(
         types = label_set.sorted_entities()
         if not types:
             raise ValueError(f"sentence {sentence.id!r}: the label set annotates no entity type (task 'ner')")
-        return _wrap(f.ner_instructions(types), sentence.text)
+        text = _wrap(f.ner_instructions(types), sentence.text)
+        return Prompt(text, sentence=sentence.text, types=types, fmt=fmt, task="ner")
     ent = _resolve_head(sentence, head)
     mods = label_set.modifiers_for(ent.type)
     if not mods:
         raise ValueError(
             f"sentence {sentence.id!r} head {ent.id!r}: the label set annotates no modifier of {ent.type!r}"
         )
-    return _wrap(f.re_instructions(ent.type, mods), mark_head(sentence.text, ent))
+    text = _wrap(f.re_instructions(ent.type, mods), mark_head(sentence.text, ent))
+    return Prompt(text, sentence=sentence.text, types=mods, fmt=fmt, task="re", head=Span(ent.start, ent.end, ent.type))
 
 
 # --------------------------------------------------------------------------------------------------------------

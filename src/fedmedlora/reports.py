@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmedlora.intervals import OVERALL, flat_intervals, site_results
 from fedmedlora.metrics import Evaluation, combine
 
 
 def _f(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(x: float | None, low: float | None, high: float | None) -> str:
+    """``41.2 [30.1, 52.0]`` (in %); the bare number without an interval, ``–`` without a number."""
+    if x is None or low is None or high is None:
+        return _f(x)
+    return f"{_f(x)} [{_f(low)}, {_f(high)}]"
+
+
+def _cell(h: Mapping[str, Any], key: str, ci: Mapping[str, float] | None) -> str:
+    """``h[key]`` with its interval from ``ci`` (``flat_intervals`` keys) when there is one."""
+    ci = ci or {}
+    return _ci(h.get(key), ci.get(f"{key}_low"), ci.get(f"{key}_high"))
 
 
 def headline(ev: Evaluation) -> dict[str, float | None]:
@@ -31,15 +46,43 @@ def headline(ev: Evaluation) -> dict[str, float | None]:
     return row
 
 
+#: The columns of the evaluation summary that get intervals.
+EVAL_CI_COLUMNS = (
+    "ner_strict_precision",
+    "ner_strict_recall",
+    "ner_strict_f1",
+    "ner_lenient_f1",
+    "re_strict_f1",
+    "re_lenient_f1",
+)
+
+
 def eval_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "evaluation") -> str:
-    """Summary table (one row per site + all sites) and per-type tables of one model's evaluation."""
-    per_site = {site: Evaluation.from_dict(r["metrics"]) for site, r in results.items()}
+    """Summary table (one row per site + all sites) and per-type tables of one model's evaluation.
+
+    Scores with 95% intervals where the evaluation has them (``41.2 [30.1, 52.0]``: per site its own, the
+    ``all`` row the pooled ones of ``fedmedlora.intervals.OVERALL``); an evaluation without them (made before
+    intervals existed, or ``eval.bootstrap_resamples=0``) shows the bare numbers.
+    """
+    overall = results.get(OVERALL, {})
+    sites = site_results(results)
+    per_site = {site: Evaluation.from_dict(r["metrics"]) for site, r in sites.items()}
     evs = combine(per_site) if len(per_site) > 1 else per_site
+    cis = {site: flat_intervals(r.get("intervals") or {}) for site, r in sites.items()}
+    if len(per_site) > 1:
+        cis["all"] = flat_intervals(overall.get("intervals") or {})
+    boot = overall.get("bootstrap") or {}
+    note = ""
+    if any(cis.values()):
+        note = (
+            f" [low, high]: {100 * boot.get('level', 0.95):.0f}% interval of a document-level bootstrap "
+            f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}; all sites: stratified by site)."
+        )
     lines = [
         f"## {title}",
         "",
         "Micro-averaged, in %. strict = exact span and type; lenient = overlapping span, same type; "
-        "RE = (head, modifier, type) with the gold head marked (paper protocol).",
+        "RE = (head, modifier, type) with the gold head marked (paper protocol)." + note,
         "",
         "| site | sentences | NER strict P | NER strict R | NER strict F1 | NER lenient F1 | RE strict F1 | "
         "RE lenient F1 | NER untyped strict F1 | parse-failure rate NER/RE |",
@@ -47,15 +90,13 @@ def eval_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "evalua
     ]
     for site, ev in evs.items():
         h = headline(ev)
-        r = results.get(site, {})
-        n = r.get("n_sentences", sum(x.get("n_sentences", 0) for x in results.values()))
+        r = sites.get(site, {})
+        ci = cis.get(site)
+        n = r.get("n_sentences", sum(x.get("n_sentences", 0) for x in sites.values()))
         rates = r.get("parse", {}).get("parse_failure_rate", {})
         rate = "/".join(_f(rates.get(t)) for t in ("ner", "re")) if rates else "–"
-        lines.append(
-            f"| {site} | {n} | {_f(h['ner_strict_precision'])} | {_f(h['ner_strict_recall'])} | "
-            f"{_f(h['ner_strict_f1'])} | {_f(h['ner_lenient_f1'])} | {_f(h['re_strict_f1'])} | "
-            f"{_f(h['re_lenient_f1'])} | {_f(h['ner_strict_untyped_f1'])} | {rate} |"
-        )
+        cells = [_cell(h, k, ci) for k in EVAL_CI_COLUMNS]
+        lines.append(f"| {site} | {n} | {' | '.join(cells)} | {_f(h['ner_strict_untyped_f1'])} | {rate} |")
     lines.append("")
     for site, ev in evs.items():
         lines.append(ev.to_markdown(title=f"{site}: per type"))
@@ -83,10 +124,18 @@ def comparison_rows(models: Mapping[str, Mapping[str, Mapping[str, Any]]], group
     return rows
 
 
-def comparison_markdown(rows, extra: Mapping[str, Mapping[str, Any]] | None = None, title: str = "") -> str:
+def comparison_markdown(
+    rows,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    title: str = "",
+    cell: Callable[[str, str, Mapping[str, Any], str], str] | None = None,
+) -> str:
+    """One line per model, four columns (``COLUMNS``) per group, then the ``extra`` columns. ``cell(model,
+    group, headline, column)`` formats a score (default: the bare number, in %)."""
     groups = list(dict.fromkeys(g for _, g, _ in rows))
     models = list(dict.fromkeys(m for m, _, _ in rows))
-    cell = {(m, g): h for m, g, h in rows}
+    scores = {(m, g): h for m, g, h in rows}
+    fmt = cell or (lambda _m, _g, h, c: _f(h[c]))
     head = ["model"]
     for g in groups:
         head += [f"{g} NER strict", f"{g} NER lenient", f"{g} RE strict", f"{g} RE lenient"]
@@ -97,11 +146,102 @@ def comparison_markdown(rows, extra: Mapping[str, Mapping[str, Any]] | None = No
     for m in models:
         vals = [m]
         for g in groups:
-            h = cell.get((m, g))
-            vals += [_f(h[c]) if h else "–" for c in COLUMNS]
+            h = scores.get((m, g))
+            vals += [fmt(m, g, h, c) if h else "–" for c in COLUMNS]
         vals += [str((extra or {}).get(m, {}).get(c, "–")) for c in extra_cols]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
+
+
+def interval_markdown(rows, intervals: Mapping[str, Mapping[str, Mapping[str, float]]], title: str = "") -> str:
+    """The comparison table with each score's 95% interval (``41.2 [30.1, 52.0]``); ``–`` where the model has
+    no per-document counts there (the encoder rows, evaluations made before intervals existed)."""
+
+    def cell(m: str, g: str, h: Mapping[str, Any], c: str) -> str:
+        ci = intervals.get(m, {}).get(g)
+        if h.get(c) is None:
+            return "–"
+        return _cell(h, c, ci) if ci and f"{c}_low" in ci else "–"
+
+    return comparison_markdown(rows, title=title, cell=cell)
+
+
+def _pp(x: float | None) -> str:
+    """A difference of fractions in signed percentage points."""
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
+    """The paired comparisons (``fedmedlora.intervals.compare_models`` rows with ``comparison`` and ``sites``):
+    the F1 difference of A − B in percentage points, its 95% paired bootstrap interval and the verdict, then per
+    comparison kind a count of wins / losses (NER strict F1)."""
+    if not rows:
+        return ""
+    lines = [f"## {title}", ""] if title else []
+    lines += [
+        "| comparison (A vs B) | sites | task / rule | difference A − B (pp) | 95% interval | verdict |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for r in rows:
+        iv = "–" if r.get("low") is None else f"[{_pp(r['low'])}, {_pp(r['high'])}]"
+        why = r.get("verdict") or (f"– ({r['note']})" if r.get("note") else "–")
+        lines.append(
+            f"| {r['comparison']} | {', '.join(r['sites'])} | {r['task'].upper()} {r['rule']} | "
+            f"{_pp(r.get('difference'))} | {iv} | {why} |"
+        )
+    lines.append("")
+    tally: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if (r["task"], r["rule"]) == ("ner", "strict") and r.get("verdict"):
+            t = tally.setdefault(r.get("kind") or r["comparison"], {"win": 0, "loss": 0, "not significant": 0})
+            t[r["verdict"]] += 1
+    for kind, t in tally.items():
+        n = sum(t.values())
+        lines.append(
+            f"- {kind} (NER strict F1): {t['win']} win(s), {t['loss']} loss(es), "
+            f"{t['not significant']} not significant, of {n}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def seed_summary(
+    per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[str, Any]]]],
+    groups: Mapping[str, Sequence[str]],
+) -> list[dict[str, Any]]:
+    """Across repeated runs (``{seed: {model: {site: result}}}``): per model and group, ``seeds`` (those that
+    ran it), ``n_seeds`` and for each of ``COLUMNS`` its ``_mean`` and sample ``_sd`` (None with one value)."""
+    values: dict[tuple[str, str], dict[str, list[float]]] = {}
+    ran: dict[tuple[str, str], list[int]] = {}
+    for seed, models in per_seed.items():
+        for m, g, h in comparison_rows(models, groups):
+            ran.setdefault((m, g), []).append(seed)
+            for c in COLUMNS:
+                if h[c] is not None:
+                    values.setdefault((m, g), {}).setdefault(c, []).append(h[c])
+    out = []
+    for (m, g), seeds in ran.items():
+        row: dict[str, Any] = {"model": m, "group": g, "seeds": seeds, "n_seeds": len(seeds)}
+        for c in COLUMNS:
+            xs = values.get((m, g), {}).get(c, [])
+            row[f"{c}_mean"] = statistics.fmean(xs) if xs else None
+            row[f"{c}_sd"] = statistics.stdev(xs) if len(xs) > 1 else None
+        out.append(row)
+    return out
+
+
+def seed_markdown(summary: Sequence[Mapping[str, Any]], seeds: Sequence[int], title: str = "") -> str:
+    """``seed_summary`` as the comparison table with ``mean ± sd`` cells (a bare number: one seed ran it)."""
+    rows = [(r["model"], r["group"], {c: r[f"{c}_mean"] for c in COLUMNS}) for r in summary]
+    sd = {(r["model"], r["group"]): r for r in summary}
+
+    def cell(m: str, g: str, h: Mapping[str, Any], c: str) -> str:
+        mean, dev = h[c], sd[(m, g)][f"{c}_sd"]
+        return _f(mean) if dev is None else f"{_f(mean)} ± {100 * dev:.1f}"
+
+    n_seeds = {r["model"]: r["n_seeds"] for r in summary}
+    extra = {m: {"seeds": n} for m, n in n_seeds.items()}
+    md = comparison_markdown(rows, extra, title=title, cell=cell)
+    return md + f"\nMean ± sample sd over seeds {', '.join(map(str, seeds))} (rows trained once per seed).\n"
 
 
 def unseen_site_rows(
@@ -193,11 +333,37 @@ def study_markdown(
     compare: Mapping[str, Sequence[str]],
     plots: Sequence[Path],
     title: str,
+    *,
+    intervals: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    paired: Sequence[Mapping[str, Any]] = (),
+    bootstrap: Mapping[str, Any] | None = None,
+    seeds: Mapping[str, Any] | None = None,
 ) -> tuple[list, str]:
-    """A study's ``study.md``: the comparison table, the unseen-site tables (one per kind of model: ``unseen[kind]``
-    compared with ``compare[kind]``) and the plots. Returns the comparison rows and the Markdown."""
+    """A study's ``study.md``: the comparison table, its 95% intervals (``intervals``: ``{model: {group:
+    flat_intervals}}``), the paired comparisons (``paired``), the mean ± sd over seeds (``seeds``: ``{"seeds",
+    "rows": seed_summary}``, only for more than one seed), the unseen-site tables (one per kind of model:
+    ``unseen[kind]`` compared with ``compare[kind]``) and the plots. Returns the comparison rows and the Markdown."""
     rows = comparison_rows(results, groups)
     md = comparison_markdown(rows, extras, title=f"{title}: micro F1 (%)") + STUDY_NOTE
+    boot = bootstrap or {}
+    how = (
+        f"{100 * boot.get('level', 0.95):.0f}% intervals of a document-level bootstrap "
+        f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}; a group of several sites is "
+        "resampled site by site)"
+    )
+    if intervals is not None:
+        md += "\n" + interval_markdown(rows, intervals, title="Micro F1 (%) with 95% intervals")
+        md += f"\n{how[0].upper()}{how[1:]}. – : no per-document counts (encoder rows, older evaluations).\n"
+    if paired:
+        md += "\n" + paired_markdown(paired, title="Paired comparisons on the same documents: F1 difference")
+        md += (
+            f"\nA − B in percentage points, with the {how}, both models scored on each resample. "
+            "win / loss: the interval excludes 0; otherwise not significant.\n"
+        )
+    if seeds:
+        md += "\n" + seed_markdown(
+            seeds["rows"], seeds["seeds"], title=f"Across {len(seeds['seeds'])} seeds: micro F1 (%), mean ± sd"
+        )
     for kind, kind_rows in unseen.items():
         heading = f"Sites a single-site model did not train on ({kind}): micro F1 (%)"
         md += "\n" + unseen_site_markdown(kind_rows, compare[kind], title=heading)
@@ -206,12 +372,64 @@ def study_markdown(
     return rows, md
 
 
-def comparison_csv(rows) -> str:
+def comparison_csv(
+    rows,
+    intervals: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    seeds: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    """``study.csv``: one line per model and group with ``COLUMNS``; with ``intervals`` also each column's
+    ``_low`` / ``_high`` (empty without per-document counts); with ``seeds`` (``seed_summary``, more than one
+    seed) also ``n_seeds`` and each column's ``_mean`` / ``_sd``."""
+
+    def num(x: float | None) -> str:
+        return "" if x is None else f"{x:.6f}"
+
+    head = ["model", "group", *COLUMNS]
+    if intervals is not None:
+        head += [f"{c}_{end}" for c in COLUMNS for end in ("low", "high")]
+    if seeds is not None:
+        head += ["n_seeds", *(f"{c}_{stat}" for c in COLUMNS for stat in ("mean", "sd"))]
+    by_row = {(r["model"], r["group"]): r for r in seeds or ()}
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "group", *COLUMNS])
+    w.writerow(head)
     for m, g, h in rows:
-        w.writerow([m, g, *("" if h[c] is None else f"{h[c]:.6f}" for c in COLUMNS)])
+        line = [m, g, *(num(h[c]) for c in COLUMNS)]
+        if intervals is not None:
+            ci = intervals.get(m, {}).get(g, {})
+            line += [num(ci.get(f"{c}_{end}")) for c in COLUMNS for end in ("low", "high")]
+        if seeds is not None:
+            r = by_row.get((m, g), {})
+            line += [
+                str(r.get("n_seeds", "")),
+                *(num(r.get(f"{c}_{stat}")) for c in COLUMNS for stat in ("mean", "sd")),
+            ]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def paired_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``study_paired.csv``: the paired comparisons, differences and interval bounds as fractions."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["comparison", "kind", "a", "b", "sites", "task", "rule", "difference", "low", "high", "verdict", "note"]
+    )
+    for r in rows:
+        w.writerow(
+            [
+                r["comparison"],
+                r.get("kind", ""),
+                r["a"],
+                r["b"],
+                ";".join(r["sites"]),
+                r["task"],
+                r["rule"],
+                *("" if r.get(k) is None else f"{r[k]:.6f}" for k in ("difference", "low", "high")),
+                r.get("verdict") or "",
+                r.get("note", ""),
+            ]
+        )
     return buf.getvalue()
 
 

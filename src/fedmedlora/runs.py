@@ -9,8 +9,10 @@ Owns the layout every command writes (and nothing else names run files)::
     <run>/federation_state.json      a federation's resume point (``fedmedlora.federation.checkpoint``)
     <run>/sim_state/round_<N>/       the in-process simulation's per-site state (``federation.simulation``)
     <run>/adapters/round_<N>/        PEFT adapter folders (checkpoints); adapters/final/ the final adapter
-    <run>/eval/<name>.json|md        evaluation tables; eval/<name>_outputs.jsonl the raw generations
+    <run>/eval/<name>.json|md        evaluation tables, per-document counts, intervals; eval/<name>_outputs.jsonl
+                                     the raw generations
     <study>/study.md|csv|json        a study's comparison (``fedmedlora.recipes.study``); <row>/study_row.json
+    <study>/study_paired.csv         its paired comparisons; <study>/seed-<N>/ the rows repeated with seed N
 
 Also ``peak_rss_mb`` (the peak memory recorded in run records). Pure core: must not import torch or flwr.
 """
@@ -40,6 +42,8 @@ FINAL = "final"
 EVAL_DIR = "eval"
 STUDY_MD, STUDY_CSV, STUDY_JSON = "study.md", "study.csv", "study.json"
 STUDY_ROW_FILE = "study_row.json"
+STUDY_PAIRED_CSV = "study_paired.csv"
+SEED_DIR = "seed-{seed}"
 
 
 def eval_file(name: str, suffix: str = ".json") -> str:

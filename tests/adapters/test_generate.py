@@ -66,3 +66,117 @@ def test_bad_arguments(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="must be positive"):
         generate(model, tok, ["x"], max_new_tokens=0, progress=False)
+
+
+# ---- the fast path: shared-prefix cache, early stop, rows dropped ------------------------------------------------
+
+
+def _study_like_prompts():
+    """NER and RE prompts in both formats for a few sentences: long shared instruction prefixes per group."""
+    from fedmedlora.prompts import build_prompt
+    from fedmedlora.schema import Entity, LabelSet, Sentence
+
+    ls = LabelSet(frozenset({"problem", "drug"}), frozenset({"negation", "dosage"}))
+    texts = [
+        "No chest pain.",
+        "Aspirin 81 mg daily was continued.",
+        "Mother had breast cancer.",
+        "No fever, no cough.",
+        "CT of the abdomen showed no acute abnormality.",
+    ]
+    prompts = []
+    for i, t in enumerate(texts):
+        first = t.split(" ")[0]
+        s = Sentence(f"s{i}", 0, len(t), t, (Entity("T1", "problem", 0, len(first), first),))
+        for fmt in ("json", "html"):
+            prompts.append(build_prompt(s, ls, "ner", fmt))
+            prompts.append(build_prompt(s, ls, "re", fmt, head="T1"))
+    return prompts
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_fast_path_returns_plain_generate_cut_by_the_same_stop_rule(tiny, batch_size):
+    from fedmedlora.lm.generate import generate_hf
+    from fedmedlora.stopping import StopRule, cut_at_stop
+
+    model, tok = tiny
+    prompts = _study_like_prompts()
+    plain_ids = generate_hf(model, tok, prompts, max_new_tokens=40, batch_size=batch_size, return_ids=True)
+
+    def decode(ids):
+        return tok.decode(ids, skip_special_tokens=True)
+
+    expected = [
+        decode(cut_at_stop(ids, decode, StopRule.for_prompt(p))) for ids, p in zip(plain_ids, prompts, strict=False)
+    ]
+    fast = generate(model, tok, prompts, max_new_tokens=40, batch_size=batch_size, progress=False)
+    assert fast == expected
+    # the stop rules really fired (else this test would not exercise row dropping), and uncached = cached
+    assert sum(len(e) < len(decode(ids)) for e, ids in zip(expected, plain_ids, strict=False)) >= 3
+    assert generate(model, tok, prompts, max_new_tokens=40, batch_size=batch_size, progress=False,
+                    prefix_cache=False) == fast  # fmt: skip
+
+
+def test_without_stop_rules_the_fast_path_is_plain_greedy(tiny):
+    from fedmedlora.lm.generate import generate_hf
+
+    model, tok = tiny
+    prompts = _study_like_prompts()
+    plain = generate_hf(model, tok, prompts, max_new_tokens=24, batch_size=4)
+    fast = generate(
+        model, tok, prompts, max_new_tokens=24, batch_size=4, progress=False, early_stop=False,
+        stop_on_repetition=False,
+    )  # fmt: skip
+    assert fast == plain
+
+
+def test_groups_share_a_prefix_longer_than_the_chat_header(tiny):
+    from fedmedlora.lm.generate import _batches
+
+    _, tok = tiny
+    prompts = _study_like_prompts()
+    encoded = [encode_prompt(tok, p, True) for p in prompts]
+    batches = _batches(encoded, prompts, 8)
+    assert sorted(i for _, rows in batches for i in rows) == list(range(len(prompts)))
+    for lp, rows in batches:
+        assert lp > 50  # the instruction text, not just "<|im_start|>user"
+        assert len({tuple(encoded[i][:lp]) for i in rows}) == 1
+        assert all(len(encoded[i]) > lp for i in rows)
+
+
+def test_constrained_decoding_never_fails_to_parse_on_200_fuzzed_prompts(tiny):
+    """Random sentences, types, heads and quotes: every answer parses with zero failures and every item's text is
+    exactly the sentence's characters at the span the parser assigns."""
+    import json
+    import random
+
+    from fedmedlora.lm.constrained import constraint_for
+    from fedmedlora.parsing import parse
+    from fedmedlora.prompts import build_prompt
+    from fedmedlora.schema import Entity, LabelSet, Sentence
+    from tinymodel import TRAINING_TEXT
+
+    model, tok = tiny
+    rng = random.Random(7)
+    words = [w for w in TRAINING_TEXT.replace("\n", " ").split(" ") if w]
+    prompts = []
+    for i in range(200):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 14)))
+        if rng.random() < 0.2:
+            text += ' said "no" \\ again'
+        types = rng.sample(["problem", "drug", "test", "treatment"], rng.randint(1, 4))
+        ls = LabelSet(frozenset(types), frozenset({"negation", "dosage", "temporal"}))
+        first = text.split(" ")[0]
+        sent = Sentence(f"s{i}", 0, len(text), text, (Entity("T1", "problem", 0, len(first), first),))
+        task = "re" if i % 3 == 0 else "ner"
+        prompts.append(build_prompt(sent, ls, task, "json", head="T1" if task == "re" else None))
+    outs = generate(model, tok, prompts, max_new_tokens=48, batch_size=16, progress=False,
+                    constraint=constraint_for(tok))  # fmt: skip
+    n_spans = 0
+    for p, out in zip(prompts, outs, strict=True):
+        res = parse(out, p.sentence, p.task, "json", p.types, head=p.head)
+        assert res.n_failures == 0, (out, res.failures)
+        texts = sorted(item["text"] for item in json.loads(out))
+        assert sorted(p.sentence[s.start : s.end] for s in res.spans) == texts
+        n_spans += len(res.spans)
+    assert n_spans > 20  # the model did write spans, not only "[]"

@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 
 from fedmedlora.intervals import (
+    OVERALL,
     bootstrap_interval,
     count_matrix,
     document_counts,
     evaluation_intervals,
+    flat_intervals,
+    group_intervals,
     paired_comparison,
     paired_difference,
     prf,
     resample_weights,
+    site_results,
+    verdict,
 )
 from fedmedlora.metrics import score_sentences
 from fedmedlora.schema import Entity, LabelSet, Sentence
@@ -127,3 +132,30 @@ def test_evaluation_intervals_and_paired_comparison_of_site_results():
     c = {"s1": {"documents": {"other": {"ner": {"strict": [1, 0, 0]}}}}}
     with pytest.raises(ValueError, match="different documents"):
         paired_comparison(a, c, ["s1"], "ner")
+
+
+def test_resample_weights_are_the_per_resample_bincounts_of_the_seeded_draws():
+    """The vectorised weights are exactly what drawing each stratum's documents resample by resample gives."""
+    strata = [2, 0, 0, 1, 0, 2, 2, 2]
+    w = resample_weights(strata, 50, seed=9)
+    rng = np.random.default_rng(9)
+    expected = np.zeros_like(w)
+    for s in (0, 1, 2):
+        members = np.flatnonzero(np.asarray(strata) == s)
+        draws = rng.integers(0, members.size, size=(50, members.size))
+        for row in range(50):
+            expected[row, members] += np.bincount(draws[row], minlength=members.size)
+    assert (w == expected).all()
+
+
+def test_group_intervals_need_documents_on_every_site_and_some_resamples():
+    docs = {f"d{i}": {"ner": {"strict": [i % 3, 1, 1], "lenient": [2, 0, 0]}} for i in range(8)}
+    results = {"a": {"documents": docs}, "b": {"documents": docs}, "old": {"metrics": {}}, OVERALL: {}}
+    assert group_intervals(results, ["a", "b"], n_resamples=50)["ner"]["strict"]["n_docs"] == 16
+    assert group_intervals(results, ["a", "old"], n_resamples=50) is None
+    assert group_intervals(results, ["a"], n_resamples=0) is None
+    assert group_intervals({"a": {"documents": {}}}, ["a"], n_resamples=50) is None
+    assert list(site_results(results)) == ["a", "b", "old"]
+    assert verdict(None) is None
+    flat = flat_intervals(evaluation_intervals(results, ["a"], n_resamples=50))
+    assert {"ner_strict_f1_low", "ner_lenient_recall_high"} <= set(flat) and "ner_strict_n_docs_low" not in flat

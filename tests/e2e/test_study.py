@@ -53,12 +53,22 @@ def study_dir(tmp_path_factory) -> Path:
     )
     enc = {"epochs": 1, "rounds": 1, "local_epochs": 1, "max_train_sentences": 6, "batch_size": 4}
     clear_caches()
-    run_study(cfg, root / "out", encoder=True, encoder_settings=enc, progress=lambda *_: None)
+    run_study(cfg, root / "out", encoder=True, encoder_settings=enc, seeds=2, progress=lambda *_: None)
     first = (root / "out" / "study.csv").read_text()
-    # a second call reuses every finished run of the same configuration and rebuilds the same table
-    messages: list[str] = []
-    run_study(cfg, root / "out", encoder=True, encoder_settings=enc, progress=messages.append)
-    assert all("reusing" in m for m in messages if m.startswith("[study]") and "encoder" not in m), messages
+    # a second call (the command line, --seeds 2) reuses every finished run of the same configuration, both seeds',
+    # and rebuilds the same table
+    from typer.testing import CliRunner
+
+    from fedmedlora.cli import app
+
+    cfg.save(root / "study.yaml")
+    args = ["study", "--out", str(root / "out"), "--config", str(root / "study.yaml"), "--seeds", "2", "--encoder"]
+    args += [f"--encoder-set={k}={v}" for k, v in enc.items()]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    messages = [m for m in r.output.splitlines() if m.startswith("[study]") and "encoder" not in m]
+    assert messages and all("reusing" in m for m in messages), messages
+    assert any(m.startswith("[study] seed 14: Fed-MedLoRA: reusing") for m in messages), messages
     assert (root / "out" / "study.csv").read_text() == first
     clear_caches()
     return root / "out"
@@ -175,3 +185,51 @@ def test_an_interrupted_federation_resumes_from_its_checkpoint(tmp_path: Path) -
     assert whole.keys() == resumed.keys()
     for k in whole:
         np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
+
+
+def test_evaluations_keep_documents_and_the_study_compares_rows_on_them(study_dir: Path) -> None:
+    for name in ("zero-shot", "single-site (chia)", "fed-medlora", "maccrobat only (from base)"):
+        ev = json.loads((study_dir / name / "eval" / "test.json").read_text())
+        assert ev["_overall"]["bootstrap"]["resamples"] == 1000, name
+        assert all(ev[s]["documents"] for s in ev if s != "_overall"), name
+    md = (study_dir / "study.md").read_text()
+    intervals = md.split("## Micro F1 (%) with 95% intervals")[1].split("\n## ")[0]
+    assert "| Fed-MedLoRA | " in intervals and " [" in intervals.split("| Fed-MedLoRA | ")[1].split("\n")[0]
+    assert "| encoder centralized | – | – |" in intervals  # no per-document counts: no interval
+    paired = json.loads((study_dir / "study.json").read_text())["paired"]
+    by = {(r["a"], r["b"], tuple(r["sites"]), r["task"], r["rule"]): r for r in paired}
+    unseen = by[("Fed-MedLoRA", "single-site (chia)", ("phee", "bc5cdr", "maccrobat"), "ner", "strict")]
+    assert unseen["verdict"] in ("win", "loss", "not significant") and unseen["low"] <= unseen["high"]
+    assert ("Fed-MedLoRA+", "Fed-MedLoRA", ("chia", "phee", "bc5cdr"), "ner", "strict") in by
+    assert ("Fed-MedLoRA+", "centralized", ("maccrobat",), "ner", "strict") in by
+    adapted = ("Fed-MedLoRA → adapted to maccrobat", "maccrobat only (from base)", ("maccrobat",), "ner", "strict")
+    assert adapted in by
+    assert not any(r["a"].startswith("encoder") or r["b"].startswith("encoder") for r in paired)
+    assert "## Paired comparisons on the same documents: F1 difference" in md
+    assert "| Fed-MedLoRA vs single-site (chia) | phee, bc5cdr, maccrobat | NER strict | " in md
+    lines = (study_dir / "study_paired.csv").read_text().splitlines()
+    assert lines[0].startswith("comparison,kind,a,b,sites,task,rule,difference,low,high,verdict") and len(lines) > 10
+    assert "ner_strict_f1_low" in (study_dir / "study.csv").read_text().splitlines()[0]
+
+
+def test_a_second_seed_repeats_the_trained_rows_and_gives_mean_and_sd(study_dir: Path) -> None:
+    seed_dir = study_dir / "seed-14"
+    assert not (seed_dir / "zero-shot").exists() and not (seed_dir / "encoder").exists()
+    for name in ("single-site (chia)", "centralized", "fed-medlora", "Fed-MedLoRA → adapted to maccrobat"):
+        assert "seed: 14" in (seed_dir / name / "config.yaml").read_text(), name
+    summary = json.loads((study_dir / "study.json").read_text())
+    assert summary["seeds"]["seeds"] == [13, 14]
+    rows = {(r["model"], r["group"]): r for r in summary["seeds"]["rows"]}
+    one = {(r["model"], r["group"]): r for r in summary["rows"]}
+    other = {(r["model"], r["group"]): r for r in json.loads((seed_dir / "study.json").read_text())["rows"]}
+    fed = rows[("Fed-MedLoRA", "in-domain (all)")]
+    a, b = one[("Fed-MedLoRA", "in-domain (all)")], other[("Fed-MedLoRA", "in-domain (all)")]
+    assert fed["n_seeds"] == 2 and fed["ner_strict_f1_mean"] == pytest.approx(
+        (a["ner_strict_f1"] + b["ner_strict_f1"]) / 2
+    )
+    assert fed["ner_strict_f1_sd"] == pytest.approx(abs(a["ner_strict_f1"] - b["ner_strict_f1"]) / 2**0.5)
+    assert rows[("zero-shot", "chia")]["n_seeds"] == 1 and rows[("zero-shot", "chia")]["ner_strict_f1_sd"] is None
+    md = (study_dir / "study.md").read_text()
+    table = md.split("## Across 2 seeds: micro F1 (%), mean ± sd")[1].split("\n## ")[0]
+    assert " ± " in table.split("| Fed-MedLoRA | ")[1].split("\n")[0]
+    assert "ner_strict_f1_mean" in (study_dir / "study.csv").read_text().splitlines()[0]

@@ -207,12 +207,19 @@ def study(
         None, "--encoder-set", help="Encoder baseline setting, e.g. --encoder-set epochs=4 (value parsed as JSON)."
     ),
     skip: list[str] = typer.Option(None, "--skip", help="zero_shot | single_site | centralized | new_site"),
+    seeds: int = typer.Option(
+        1,
+        "--seeds",
+        min=1,
+        help="Train every trained row with this many seeds (seed, seed+1, ...; extra seeds in <out>/seed-<N>/) "
+        "and report mean ± sd over them.",
+    ),
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
 ) -> None:
     """Run zero-shot, single-site, centralized, Fed-MedLoRA and Fed-MedLoRA+ (+ new-site adaptation) and write
-    one comparison table (study.md / .csv / .json) and plots."""
+    one comparison table (study.md / .csv / .json) with 95% intervals, paired comparisons and plots."""
     from fedmedlora.encoder.model import EncoderLoadError
     from fedmedlora.federation.strategies import FederationError
     from fedmedlora.recipes.study import SKIPPABLE, run_study
@@ -230,6 +237,7 @@ def study(
             encoder=cfg.study.encoder if encoder is None else encoder,
             encoder_settings={**cfg.study.encoder_settings, **json_fields(encoder_set)},
             skip=skip or (),
+            seeds=seeds,
         )
     except (*user_errors(), EncoderLoadError, FederationError) as e:
         raise fail(str(e)) from None

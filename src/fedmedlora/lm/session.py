@@ -28,6 +28,7 @@ import torch
 
 from fedmedlora.config import RunConfig
 from fedmedlora.lm.adapter_io import get_adapter_arrays, set_adapter_arrays
+from fedmedlora.lm.constrained import constraint_for
 from fedmedlora.lm.generate import generate
 from fedmedlora.lm.model import attach_lora, load_base_model
 from fedmedlora.lm.train import PromptTarget, TrainResult, TrainSettings, train_local
@@ -81,6 +82,10 @@ class Session:
                     max_new_tokens=cfg.eval.max_new_tokens,
                     batch_size=cfg.eval.batch_size,
                     use_chat_template=cfg.model.use_chat_template,
+                    early_stop=cfg.eval.early_stop,
+                    stop_on_repetition=cfg.eval.stop_on_repetition,
+                    prefix_cache=cfg.eval.prefix_cache,
+                    constraint=constraint_for(self.tokenizer) if cfg.eval.constrained else None,
                 )
 
         return fn

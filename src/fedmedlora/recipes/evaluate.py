@@ -3,6 +3,11 @@
 Owns ``evaluate_arrays`` (the one scoring path of every LLM row: zero-shot, single-site, centralized, federated,
 adapted) and ``write_eval`` (``eval/<name>.json|md`` and the raw generations ``eval/<name>_outputs.jsonl``). RE is
 scored with gold heads (the paper's protocol: each head entity is marked in the input).
+
+Every site also keeps its per-document micro counts (``documents``), so that two evaluations of the same documents
+can be compared later (``fedmedlora.intervals.paired_comparison``) without running either model again, and 95%
+document-level bootstrap intervals of micro P/R/F1 (``intervals``; all sites pooled, stratified by site, under
+``fedmedlora.intervals.OVERALL``), seeded with ``cfg.seed``, ``cfg.eval.bootstrap_resamples`` resamples.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import numpy as np
 from fedmedlora.benchmark import Benchmark
 from fedmedlora.config import RunConfig
 from fedmedlora.extract import ExtractionStats, extract_sentences
+from fedmedlora.intervals import DEFAULT_LEVEL, OVERALL, document_counts, group_intervals
 from fedmedlora.lm.session import Session
 from fedmedlora.metrics import score_sentences
 from fedmedlora.reports import eval_markdown
 from fedmedlora.runs import RunDir, eval_file
-from fedmedlora.sampling import eval_items
+from fedmedlora.sampling import EvalItem, eval_items
+from fedmedlora.schema import Document
 
 
 def evaluate_arrays(
@@ -36,16 +43,19 @@ def evaluate_arrays(
 
     Returns:
         ``{site: {"metrics": Evaluation.to_dict(), "parse": ExtractionStats.to_dict(), "n_sentences", "seconds",
-        "outputs": [{"prompt", "output"}, ...]}}`` (``outputs``: every raw generation, for error analysis;
-        ``write_eval`` stores them apart from the tables). ``metrics.parse_failures`` holds the same per-task
-        failure reasons as ``parse``.
+        "documents": {doc_id: {task: {rule: [tp, fp, fn]}}}, "intervals": {task: {rule: {"f1", "f1_low",
+        "f1_high", "precision", ...}}}, "outputs": [{"prompt", "output"}, ...]}}`` plus ``OVERALL``:
+        ``{"sites", "intervals", "bootstrap": {"resamples", "seed", "level", "unit", "strata"}}`` (the sites
+        pooled). ``outputs``: every raw generation, for error analysis (``write_eval`` stores them apart from
+        the tables). ``metrics.parse_failures`` holds the same per-task failure reasons as ``parse``.
+        ``intervals`` is ``{}`` with ``eval.bootstrap_resamples=0`` or no document.
     """
     session.set_arrays(arrays)
     gen = session.generate_fn(cfg)
     out: dict[str, dict[str, Any]] = {}
     for site in sites:
         t0 = time.perf_counter()
-        _, items = eval_items(bench, site, cfg)
+        docs, items = eval_items(bench, site, cfg)
         stats = ExtractionStats()
         outputs: list[dict[str, str]] = []
         preds = extract_sentences(
@@ -59,9 +69,31 @@ def evaluate_arrays(
             "parse": stats.to_dict(),
             "n_sentences": len(items),
             "seconds": round(time.perf_counter() - t0, 2),
+            "documents": document_counts(items, preds, _document_ids(docs, items), cfg.data.tasks),
             "outputs": outputs,
         }
+    boot = {"n_resamples": cfg.eval.bootstrap_resamples, "seed": cfg.seed}
+    for site in sites:
+        out[site]["intervals"] = group_intervals(out, [site], **boot) or {}
+    out[OVERALL] = {
+        "sites": list(sites),
+        "intervals": group_intervals(out, list(sites), **boot) or {},
+        "bootstrap": {
+            "resamples": cfg.eval.bootstrap_resamples,
+            "seed": cfg.seed,
+            "level": DEFAULT_LEVEL,
+            "unit": "document",
+            "strata": "site",
+        },
+    }
     return out
+
+
+def _document_ids(docs: Sequence[Document], items: Sequence[EvalItem]) -> list[str]:
+    """The document of each evaluation sentence (``items`` are sentences of ``docs``, a sample of them)."""
+    by_object = {id(s): d.id for d in docs for s in d.sentences}
+    by_id = {s.id: d.id for d in docs for s in d.sentences}
+    return [by_object.get(id(s)) or by_id[s.id] for s, _ in items]
 
 
 def _recording(gen: Callable[[list[str]], list[str]], into: list[dict[str, str]]) -> Callable[[list[str]], list[str]]:

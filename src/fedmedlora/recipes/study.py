@@ -14,7 +14,13 @@ Compute is matched: a federated site does ``rounds × train.max_steps`` local st
 a single-site model gets the same number of steps on its site; the centralized model gets the federation's total
 (``rounds × steps × number of sites``, or ``rounds × epochs`` over the pooled data).
 
-Writes ``<out>/study.md``, ``study.csv``, ``study.json``, ``plots/*.png`` and one run folder per model.
+Writes ``<out>/study.md``, ``study.csv``, ``study.json``, ``study_paired.csv``, ``plots/*.png`` and one run folder
+per model. Every LLM row keeps per-document counts in its evaluation, so the study reports 95% document-level
+bootstrap intervals (``fedmedlora.intervals``) beside its scores and a paired comparison of the rows that the
+paper's claims rest on (federated against single-site on the sites they never saw, Fed-MedLoRA+ against
+Fed-MedLoRA, federated against centralized, adapted against from-base on the new site), scored on the same
+documents. With ``seeds > 1`` every trained row runs again with seed ``seed + k`` under ``<out>/seed-<seed+k>/``
+(a study of its own) and the study adds the mean ± sd over seeds of each row's scores.
 """
 
 from __future__ import annotations
@@ -30,18 +36,28 @@ from fedmedlora.benchmark import open_benchmark
 from fedmedlora.config import ConfigError, RunConfig, load_config
 from fedmedlora.federation.checkpoint import ResumeError, checkpointed_round
 from fedmedlora.federation.simulation import FederationResult, run_federation
+from fedmedlora.intervals import DEFAULT_LEVEL, compare_models, row_intervals
 from fedmedlora.lm.session import get_session
 from fedmedlora.recipes.encoder_study import encoder_rows
 from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
 from fedmedlora.recipes.local import Setting, run_setting
-from fedmedlora.reports import comparison_csv, plot_rounds, study_markdown, unseen_site_rows
+from fedmedlora.reports import (
+    comparison_csv,
+    paired_csv,
+    plot_rounds,
+    seed_summary,
+    study_markdown,
+    unseen_site_rows,
+)
 from fedmedlora.runs import (
     CONFIG_FILE,
     FINAL,
     ROUNDS_FILE,
+    SEED_DIR,
     STUDY_CSV,
     STUDY_JSON,
     STUDY_MD,
+    STUDY_PAIRED_CSV,
     STUDY_ROW_FILE,
     RunDir,
     eval_file,
@@ -61,6 +77,13 @@ def _scaled(cfg: RunConfig, factor: float) -> RunConfig:
     return cfg.model_copy(update={"train": train})
 
 
+def _same_run(stored: RunConfig, wanted: RunConfig) -> bool:
+    """Equal configurations, ``eval.bootstrap_resamples`` aside (it changes no training and no generation; the
+    study recomputes its intervals from the stored per-document counts)."""
+    ev = stored.eval.model_copy(update={"bootstrap_resamples": wanted.eval.bootstrap_resamples})
+    return stored.model_copy(update={"eval": ev}) == wanted
+
+
 def run_study(
     cfg: RunConfig,
     out: str | Path,
@@ -70,6 +93,7 @@ def run_study(
     encoder: bool = False,
     encoder_settings: dict[str, Any] | None = None,
     skip: Sequence[str] = (),
+    seeds: int = 1,
     progress: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the study and write its comparison table. Returns the table rows and per-model extras.
@@ -83,8 +107,37 @@ def run_study(
         encoder: add encoder-baseline rows (single-site, centralized, federated full / LoRA).
         encoder_settings: ``fedmedlora.encoder.settings.EncoderSettings`` fields for those rows.
         skip: settings to leave out (``SKIPPABLE``: zero_shot, single_site, centralized, new_site).
+        seeds: how many seeds (``cfg.seed``, ``cfg.seed + 1``, ...) to train every trained LLM row with; the
+            rows of seed ``cfg.seed + k`` (k ≥ 1) go to ``<out>/seed-<cfg.seed + k>/``, the zero-shot row and the
+            encoder rows run once. With more than one, the study adds mean ± sd over seeds.
     """
-    study = Study(cfg, out, fed_methods=fed_methods, external=external, progress=progress)
+    if seeds < 1:
+        raise ValueError(f"seeds: need at least 1, got {seeds}")
+    all_seeds = [cfg.seed + k for k in range(seeds)]
+    study = Study(
+        cfg, out, fed_methods=fed_methods, external=external, progress=progress, seeds=all_seeds if seeds > 1 else ()
+    )
+    _run_rows(study, skip, encoder=encoder, encoder_settings=encoder_settings)
+    per_seed = {cfg.seed: study.results}
+    for seed in all_seeds[1:]:
+        tag = f"[study] seed {seed}: "
+        sub = Study(
+            cfg.model_copy(update={"seed": seed}),
+            study.out / SEED_DIR.format(seed=seed),
+            fed_methods=fed_methods,
+            external=study.external,
+            progress=lambda m, tag=tag: progress(m.replace("[study] ", tag, 1)),
+        )
+        _run_rows(sub, (*skip, "zero_shot"), encoder=False)
+        sub.write()
+        per_seed[seed] = sub.results
+    return study.write(per_seed=per_seed if seeds > 1 else None)
+
+
+def _run_rows(
+    study: Study, skip: Sequence[str], *, encoder: bool = False, encoder_settings: dict[str, Any] | None = None
+) -> None:
+    """Every row of one study folder, in the table's order."""
     rounds = study.cfg.federation.rounds
     train_sites = study.train_sites
     if "zero_shot" not in skip:
@@ -93,15 +146,14 @@ def run_study(
         for site in train_sites:
             study.local(f"single-site ({site})", "single_site", _scaled(study.cfg, rounds), sites=[site])
     if "centralized" not in skip:
-        factor = rounds * len(train_sites) if cfg.train.max_steps is not None else rounds
+        factor = rounds * len(train_sites) if study.cfg.train.max_steps is not None else rounds
         study.local("centralized", "centralized", _scaled(study.cfg, factor), sites=train_sites)
-    for rule in fed_methods:
+    for rule in study.fed_methods:
         study.federated(rule)
     if study.new_site and "new_site" not in skip:
         study.new_site_rows()
     if encoder:
         study.encoder_rows(encoder_settings)
-    return study.write()
 
 
 class Study:
@@ -120,6 +172,7 @@ class Study:
         fed_methods: Sequence[str],
         external: Sequence[str] | None,
         progress: Callable[[str], Any],
+        seeds: Sequence[int] = (),
     ) -> None:
         self.t_start = time.perf_counter()
         self.out = Path(out)
@@ -148,6 +201,7 @@ class Study:
             train_sites=self.train_sites,
             external=self.external,
             new_site=self.new_site,
+            **({"seeds": list(seeds)} if seeds else {}),
         )
         # one loaded model for every setting (the federation's clients use the same process-wide session)
         self.session = get_session(self.cfg)
@@ -155,6 +209,7 @@ class Study:
         self.extras: dict[str, dict[str, Any]] = {}
         self.fed_rounds: dict[str, list[dict[str, Any]]] = {}
         self.fed_dirs: dict[str, Path] = {}
+        self.new_site_pair: tuple[str, str] | None = None  # (adapted, from base) row names
 
     # -- rows ----------------------------------------------------------------------------------------------------
     def local(self, name: str, setting: Setting, run_cfg: RunConfig, **kw: Any) -> None:
@@ -213,16 +268,19 @@ class Study:
         new_site, scaled = self.new_site, _scaled(self.cfg, self.cfg.federation.rounds)
         assert new_site is not None
         base_rule = "fedmedlora" if "fedmedlora" in self.fed_dirs else next(iter(self.fed_dirs), None)
+        from_base = f"{new_site} only (from base)"
         if base_rule is not None:
+            adapted = f"{FED_METHODS[base_rule]} → adapted to {new_site}"
+            self.new_site_pair = (adapted, from_base)
             self.local(
-                f"{FED_METHODS[base_rule]} → adapted to {new_site}",
+                adapted,
                 "adapt",
                 scaled,
                 sites=[new_site],
                 eval_sites=[new_site],
                 init_adapter=RunDir(self.fed_dirs[base_rule]).adapter_dir(FINAL),
             )
-        self.local(f"{new_site} only (from base)", "local_only", scaled, sites=[new_site], eval_sites=[new_site])
+        self.local(from_base, "local_only", scaled, sites=[new_site], eval_sites=[new_site])
 
     def encoder_rows(self, settings: dict[str, Any] | None) -> None:
         """The encoder (BERT-style) baseline rows (``fedmedlora.recipes.encoder_study``)."""
@@ -234,8 +292,52 @@ class Study:
         self.extras.update(enc_extras)
 
     # -- the table -----------------------------------------------------------------------------------------------
-    def write(self) -> dict[str, Any]:
-        """``study.md``, ``study.csv``, ``study.json`` and the per-round plots; returns rows, extras, Markdown."""
+    def paired_specs(self) -> list[dict[str, Any]]:
+        """The paired comparisons of the study (A vs B on which sites), for the rows it holds.
+
+        Each federated row against each single-site row on that row's unseen sites (the other training sites,
+        the external sites and the new site); Fed-MedLoRA+ against Fed-MedLoRA and each federated row against
+        centralized, in-domain and on the held-out sites (external + new); the adapted model against training
+        from the base model on the new site.
+        """
+        res, specs = self.results, []
+        fed = [FED_METHODS[r] for r in self.fed_methods if FED_METHODS[r] in res]
+        held_out = [*self.external, *([self.new_site] if self.new_site else [])]
+
+        def add(kind: str, a: str, b: str, sites: Sequence[str]) -> None:
+            if a in res and b in res and sites:
+                specs.append({"kind": kind, "comparison": f"{a} vs {b}", "a": a, "b": b, "sites": list(sites)})
+
+        for f in fed:
+            for s in self.train_sites:
+                unseen = [*(t for t in self.train_sites if t != s), *held_out]
+                add(f"{f} vs single-site models, on their unseen sites", f, f"single-site ({s})", unseen)
+        for sites in (self.train_sites, held_out):
+            add("Fed-MedLoRA+ vs Fed-MedLoRA", "Fed-MedLoRA+", "Fed-MedLoRA", sites)
+        for f in fed:
+            for sites in (self.train_sites, held_out):
+                add(f"{f} vs centralized", f, "centralized", sites)
+        if self.new_site_pair and self.new_site:
+            adapted, from_base = self.new_site_pair
+            add("adapted vs from base, on the new site", adapted, from_base, [self.new_site])
+        return specs
+
+    def paired(self) -> list[dict[str, Any]]:
+        """``paired_specs`` scored: one row per comparison and (task, rule), ``compare_models``' fields added."""
+        n = self.cfg.eval.bootstrap_resamples
+        if n <= 0:
+            return []
+        rows = []
+        for spec in self.paired_specs():
+            for r in compare_models(
+                self.results[spec["a"]], self.results[spec["b"]], spec["sites"], n_resamples=n, seed=self.cfg.seed
+            ):
+                rows.append({**spec, **r})
+        return rows
+
+    def write(self, per_seed: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``study.md``, ``study.csv``, ``study.json``, ``study_paired.csv`` and the per-round plots; returns rows,
+        extras, Markdown. ``per_seed`` (``{seed: results}``, more than one seed): add mean ± sd over seeds."""
         groups: dict[str, list[str]] = {f"{s}": [s] for s in self.train_sites}
         groups["in-domain (all)"] = self.train_sites
         for s in self.external:
@@ -255,20 +357,40 @@ class Study:
             for kind, c in compare.items()
         }
         plots = plot_rounds(self.fed_rounds, self.out / "plots") if self.fed_rounds else []
+        n_resamples, seed = self.cfg.eval.bootstrap_resamples, self.cfg.seed
+        bootstrap = {"resamples": n_resamples, "seed": seed, "level": DEFAULT_LEVEL, "unit": "document"}
+        intervals = row_intervals(self.results, groups, n_resamples=n_resamples, seed=seed) if n_resamples else None
+        paired = self.paired()
+        seeds = None
+        if per_seed and len(per_seed) > 1:
+            seeds = {"seeds": sorted(per_seed), "rows": seed_summary(per_seed, groups)}
         rows, md = study_markdown(
-            self.results, groups, self.extras, unseen, compare, plots, title=f"Study on {self.bench.name}"
+            self.results,
+            groups,
+            self.extras,
+            unseen,
+            compare,
+            plots,
+            title=f"Study on {self.bench.name}",
+            intervals=intervals,
+            paired=paired,
+            bootstrap=bootstrap,
+            seeds=seeds,
         )
         self.run.write_text(STUDY_MD, md)
-        self.run.write_text(STUDY_CSV, comparison_csv(rows))
-        self.run.write_json(
-            STUDY_JSON,
-            {
-                "rows": [{"model": m, "group": g, **h} for m, g, h in rows],
-                "extras": self.extras,
-                "groups": groups,
-                "unseen_sites": unseen,
-            },
-        )
+        self.run.write_text(STUDY_CSV, comparison_csv(rows, intervals, seeds["rows"] if seeds else None))
+        self.run.write_text(STUDY_PAIRED_CSV, paired_csv(paired))
+        summary: dict[str, Any] = {
+            "rows": [{"model": m, "group": g, **h, **(intervals or {}).get(m, {}).get(g, {})} for m, g, h in rows],
+            "extras": self.extras,
+            "groups": groups,
+            "unseen_sites": unseen,
+            "bootstrap": bootstrap,
+            "paired": paired,
+        }
+        if seeds:
+            summary["seeds"] = seeds
+        self.run.write_json(STUDY_JSON, summary)
         self.run.finish(minutes=round((time.perf_counter() - self.t_start) / 60, 1))
         return {"rows": rows, "extras": self.extras, "markdown": md}
 
@@ -298,7 +420,7 @@ class Study:
         if not all(p.is_file() for p in needed):
             return False
         try:
-            if load_config(run_path / CONFIG_FILE) != run_cfg:
+            if not _same_run(load_config(run_path / CONFIG_FILE), run_cfg):
                 return False
         except ConfigError:
             return False
