@@ -131,17 +131,18 @@ def test_without_stop_rules_the_fast_path_is_plain_greedy(tiny):
 
 
 def test_groups_share_a_prefix_longer_than_the_chat_header(tiny):
-    from fedmedlora.lm.generate import _batches
+    from fedmedlora.lm.generate import _prefix_lengths
 
     _, tok = tiny
     prompts = _study_like_prompts()
     encoded = [encode_prompt(tok, p, True) for p in prompts]
-    batches = _batches(encoded, prompts, 8)
-    assert sorted(i for _, rows in batches for i in rows) == list(range(len(prompts)))
-    for lp, rows in batches:
-        assert lp > 50  # the instruction text, not just "<|im_start|>user"
-        assert len({tuple(encoded[i][:lp]) for i in rows}) == 1
-        assert all(len(encoded[i]) > lp for i in rows)
+    order, lengths = _prefix_lengths(encoded, prompts)
+    assert sorted(order) == list(range(len(prompts)))
+    by_group: dict[str, set] = {}
+    for i, p in enumerate(prompts):
+        assert 50 < lengths[i] < len(encoded[i])  # the instruction text, not just "<|im_start|>user"
+        by_group.setdefault(p.instruction, set()).add(tuple(encoded[i][: lengths[i]]))
+    assert len(by_group) == 4 and all(len(v) == 1 for v in by_group.values())
 
 
 def test_constrained_decoding_never_fails_to_parse_on_200_fuzzed_prompts(tiny):

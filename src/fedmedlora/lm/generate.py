@@ -7,14 +7,17 @@ How ``generate`` saves work without changing greedy semantics:
 
 * **Shared prefix, computed once.** Prompts are grouped by their instruction (``prompts.Prompt.instruction``: the
   task text, markup guide and definitions are identical for every prompt of one site and task). The longest
-  common token prefix of a group is run through the model once; its ``DynamicCache`` is copied and expanded to
-  each batch. Each row is laid out ``[prefix][left padding][own suffix]`` with explicit position ids, so every
-  real token sees exactly the keys and positions it sees in an unpadded, uncached forward pass.
+  common token prefix of a group is run through the model once and its keys/values are kept. A batch may mix
+  groups (full batches matter more on a CPU than anything else): each row is laid out
+  ``[padding][its group's prefix][padding][its own suffix]`` with explicit position ids, so every real token sees
+  exactly the keys and positions it sees in an unpadded, uncached forward pass.
 * **Early stop.** A row ends at EOS, when its answer is complete (``stopping.StopRule``: JSON list closed, HTML
   sentence reproduced, a new ``###`` section) or when it loops (``stopping.RepetitionRule``). The rules look at
   the answer so far only, so the output equals plain greedy generation cut by ``stopping.cut_at_stop``.
-* **Finished rows leave the batch** (their cache rows are dropped), so a batch costs what its longest live
-  answer costs, not ``batch_size`` times the longest answer.
+* **Continuous batching.** A finished row leaves the batch at once (its cache row is dropped) and waiting
+  prompts join it (prefilled together over their cached prefixes, the running cache left-padded to fit) once a
+  quarter of the batch is free. On a CPU a decode step costs about the same for 8 rows as for 1 (weights are read
+  once per step), so keeping the batch full is what pays most.
 * **Logits of the last position only** (``logits_to_keep=1``): no ``(tokens × vocabulary)`` prefill logits.
 
 ``constraint`` (``fedmedlora.lm.constrained``) restricts each greedy choice to tokens its automaton accepts.
@@ -24,8 +27,8 @@ This is an adapter module: it imports torch and transformers. It must not import
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -86,40 +89,68 @@ def _instruction_key(prompt: str) -> str:
     return str(getattr(prompt, "instruction", ""))
 
 
-def _batches(encoded: Sequence[Sequence[int]], prompts: Sequence[str], batch_size: int) -> list[tuple[int, list[int]]]:
-    """``(prefix length, row indices)`` per batch: rows grouped by instruction, longest first within a group."""
+def _prefix_lengths(encoded: Sequence[Sequence[int]], prompts: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Decoding order (grouped by instruction, longest first within a group) and each prompt's shared-prefix length:
+    the longest common token prefix of its group, short of its own last token (0 when too short to pay)."""
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(_instruction_key(p), []).append(i)
-    out: list[tuple[int, list[int]]] = []
+    order: list[int] = []
+    lengths = [0] * len(prompts)
     for key in sorted(groups):
         rows = sorted(groups[key], key=lambda i: len(encoded[i]), reverse=True)
-        # the last prompt token is never in the prefix: every row needs >= 1 own token to produce logits
-        lp = min(common_prefix_length([encoded[i] for i in rows]), min(len(encoded[i]) for i in rows) - 1)
-        lp = lp if lp >= MIN_PREFIX_TOKENS else 0
-        out.extend((lp, rows[s : s + batch_size]) for s in range(0, len(rows), batch_size))
-    return out
+        lcp = common_prefix_length([encoded[i] for i in rows]) if len(rows) > 1 else 0
+        for i in rows:
+            # the last prompt token is never in the prefix: every row needs >= 1 own token to produce logits
+            lp = min(lcp, len(encoded[i]) - 1)
+            lengths[i] = lp if lp >= MIN_PREFIX_TOKENS else 0
+        order.extend(rows)
+    return order, lengths
 
 
 class _PrefixCache:
-    """KV caches of shared prefixes (batch of one), by token ids; a few kept (one per group in flight)."""
+    """KV caches of shared prefixes (batch of one), by token ids, and their assembly into one batch cache."""
 
-    def __init__(self, model: Any, device: torch.device, keep: int = 4) -> None:
+    def __init__(self, model: Any, device: torch.device, keep: int = 16) -> None:
         self.model, self.device, self.keep = model, device, keep
-        self._caches: dict[tuple[int, ...], Any] = {}
+        self._caches: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def expanded(self, prefix: Sequence[int], batch: int) -> Any:
-        key = tuple(prefix)
-        if key not in self._caches:
+    def _layers(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if prefix not in self._caches:
             if len(self._caches) >= self.keep:
                 self._caches.pop(next(iter(self._caches)))
             ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self._caches[key] = out.past_key_values
-        cache = copy.deepcopy(self._caches[key])
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
-        return cache
+            past = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            self._caches[prefix] = [(layer.keys, layer.values) for layer in past.layers]
+        return self._caches[prefix]
+
+    def batch(self, prefixes: Sequence[tuple[int, ...]]) -> tuple[Any, torch.Tensor]:
+        """A cache for rows with these prefixes, each right-aligned to the longest (left padding, masked), and
+        the ``(rows, longest)`` attention mask of that part."""
+        from transformers import DynamicCache
+
+        config = getattr(self.model, "config", None)
+        width = max(len(p) for p in prefixes)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        if width == 0:
+            return DynamicCache(config=config), mask
+        per_row = [self._layers(p) if p else None for p in prefixes]
+        template = next(layers for layers in per_row if layers is not None)
+        data = []
+        for li, (k0, v0) in enumerate(template):
+            keys = k0.new_zeros((len(prefixes), k0.shape[1], width, k0.shape[3]))
+            values = v0.new_zeros((len(prefixes), v0.shape[1], width, v0.shape[3]))
+            for r, layers in enumerate(per_row):
+                if layers is None:
+                    continue
+                k, v = layers[li]
+                keys[r, :, width - k.shape[2] :] = k[0]
+                values[r, :, width - v.shape[2] :] = v[0]
+            data.append((keys, values))
+        for r, p in enumerate(prefixes):
+            if p:
+                mask[r, width - len(p) :] = 1
+        return DynamicCache(ddp_cache_data=data, config=config), mask
 
 
 @torch.no_grad()
@@ -175,19 +206,15 @@ def generate(
     device = model_device(model)
     was_training = model.training
     model.eval()
-    cache = _PrefixCache(model, device)
+    prefixes = _PrefixCache(model, device)
+    order, prefix_len = _prefix_lengths(encoded, prompts)
+    rows = [_Row(i, encoded[i], prefix_len[i] if prefix_cache else 0, rules[i], constraints[i]) for i in order]
     outputs: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), disable=not progress, desc="generate", leave=False)
     try:
-        for lp, rows in _batches(encoded, prompts, batch_size):
-            lp = lp if prefix_cache else 0
-            answers = _decode_batch(
-                model, tokenizer, cache, [encoded[i] for i in rows], lp, [rules[i] for i in rows],
-                [constraints[i] for i in rows], max_new_tokens, stop, pad_id, device,
-            )  # fmt: skip
-            for i, text in zip(rows, answers, strict=True):
-                outputs[i] = text
-            bar.update(len(rows))
+        for row in _decode(model, tokenizer, prefixes, rows, batch_size, max_new_tokens, stop, pad_id, device):
+            outputs[row.index] = row.answer()
+            bar.update(1)
     finally:
         bar.close()
         if was_training:
@@ -195,61 +222,104 @@ def generate(
     return outputs
 
 
-def _decode_batch(
+@dataclass
+class _Row:
+    """One prompt being decoded."""
+
+    index: int
+    ids: list[int]
+    prefix_len: int
+    rule: StopRule
+    constraint: RowConstraint | None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+
+    def answer(self) -> str:
+        return self.text if self.constraint is None else self.constraint.finish(self.text)
+
+
+def _left_pad_cache(
+    past: Any, mask: torch.Tensor, width: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Per-layer keys/values and the mask, left-padded (masked) to ``width`` positions."""
+    extra = width - mask.shape[1]
+    layers = [(layer.keys, layer.values) for layer in past.layers]
+    if extra <= 0:
+        return layers, mask
+    padded = []
+    for k, v in layers:
+        pad = k.new_zeros((k.shape[0], k.shape[1], extra, k.shape[3]))
+        padded.append((torch.cat([pad, k], dim=2), torch.cat([pad.to(v.dtype), v], dim=2)))
+    return padded, torch.cat([torch.zeros((mask.shape[0], extra), dtype=mask.dtype), mask], dim=1)
+
+
+def _decode(
     model: Any,
     tokenizer: Any,
     prefixes: _PrefixCache,
-    seqs: list[list[int]],
-    lp: int,
-    rules: list[StopRule],
-    constraints: list[RowConstraint | None],
+    queue: list[_Row],
+    batch_size: int,
     max_new_tokens: int,
     stop: set[int],
     pad_id: int,
     device: torch.device,
-) -> list[str]:
+) -> Iterator[_Row]:
+    """Continuous batching: rows leave when done and waiting rows join (prefilled together) once a quarter of
+    the batch is free, so the batch stays full; yields each row as it finishes."""
     from transformers import DynamicCache
 
-    n = len(seqs)
-    suffix_ids, suffix_mask = left_pad([s[lp:] for s in seqs], pad_id)
-    past = prefixes.expanded(seqs[0][:lp], n) if lp else DynamicCache(config=getattr(model, "config", None))
-    mask = torch.cat([torch.ones((n, lp), dtype=torch.long), suffix_mask], dim=1)
-    positions = (lp + suffix_mask.cumsum(-1) - 1).masked_fill(suffix_mask == 0, 1)
-    out = model(
-        input_ids=suffix_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        past_key_values=past,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    past = out.past_key_values
-    logits = out.logits[:, -1, :]
-    next_pos = positions[:, -1] + 1
-    generated: list[list[int]] = [[] for _ in range(n)]
-    texts = [""] * n
-    live = list(range(n))  # batch row -> original row
-    for _ in range(max_new_tokens):
+    config = getattr(model, "config", None)
+    refill_at = batch_size - max(1, batch_size // 4)
+    pending = list(queue)
+    live: list[_Row] = []
+    past: Any = None
+    mask = torch.zeros((0, 0), dtype=torch.long)
+    next_pos = torch.zeros((0,), dtype=torch.long)
+    logits: torch.Tensor | None = None
+    while pending or live:
+        if pending and (len(live) <= refill_at or not live):
+            new, pending = pending[: batch_size - len(live)], pending[batch_size - len(live) :]
+            n_past, n_mask, n_pos, n_logits = _prefill(model, prefixes, new, pad_id, device)
+            if live:
+                width = max(mask.shape[1], n_mask.shape[1])
+                old_layers, mask = _left_pad_cache(past, mask, width)
+                new_layers, n_mask = _left_pad_cache(n_past, n_mask, width)
+                data = [
+                    (torch.cat([ko, kn]), torch.cat([vo, vn])) for (ko, vo), (kn, vn) in zip(old_layers, new_layers, strict=False)
+                ]
+                past = DynamicCache(ddp_cache_data=data, config=config)
+                mask = torch.cat([mask, n_mask])
+                next_pos = torch.cat([next_pos, n_pos])
+                logits = torch.cat([logits, n_logits])  # type: ignore[list-item]
+            else:
+                past, mask, next_pos, logits = n_past, n_mask, n_pos, n_logits
+            live = live + new
+        assert logits is not None
         keep: list[int] = []
         new_tokens: list[int] = []
         for b, row in enumerate(live):
-            con = constraints[row]
-            token = int(logits[b].argmax()) if con is None else con.choose(logits[b], generated[row], texts[row])
-            if token is None or token in stop:
-                continue
-            generated[row].append(token)
-            texts[row] = tokenizer.decode(generated[row], skip_special_tokens=True)
-            if rules[row](generated[row], texts[row]):
-                continue
-            keep.append(b)
-            new_tokens.append(token)
-        if not keep:
-            break
+            con = row.constraint
+            token = int(logits[b].argmax()) if con is None else con.choose(logits[b], row.generated, row.text)
+            done = token is None or token in stop
+            if not done:
+                row.generated.append(token)
+                row.text = tokenizer.decode(row.generated, skip_special_tokens=True)
+                done = row.rule(row.generated, row.text) or len(row.generated) >= max_new_tokens
+            if done:
+                yield row
+            else:
+                keep.append(b)
+                new_tokens.append(token)
         if len(keep) < len(live):
+            live = [live[b] for b in keep]
+            if not live:
+                past, logits = None, None
+                mask = torch.zeros((0, 0), dtype=torch.long)
+                next_pos = torch.zeros((0,), dtype=torch.long)
+                continue
             idx = torch.tensor(keep, dtype=torch.long)
             past.batch_select_indices(idx.to(device))
             mask, next_pos = mask[idx], next_pos[idx]
-            live = [live[b] for b in keep]
         mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
         out = model(
             input_ids=torch.tensor(new_tokens, dtype=torch.long, device=device)[:, None],
@@ -262,7 +332,26 @@ def _decode_batch(
         past = out.past_key_values
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
-    return [texts[r] if constraints[r] is None else constraints[r].finish(texts[r]) for r in range(n)]
+
+
+def _prefill(
+    model: Any, prefixes: _PrefixCache, rows: list[_Row], pad_id: int, device: torch.device
+) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the rows' own suffixes over their cached prefixes: ``(cache, mask, next positions, last logits)``."""
+    suffix_ids, suffix_mask = left_pad([r.ids[r.prefix_len :] for r in rows], pad_id)
+    past, prefix_mask = prefixes.batch([tuple(r.ids[: r.prefix_len]) for r in rows])
+    mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+    own = torch.tensor([r.prefix_len for r in rows], dtype=torch.long)[:, None]
+    positions = (own + suffix_mask.cumsum(-1) - 1).masked_fill(suffix_mask == 0, 1)
+    out = model(
+        input_ids=suffix_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=past,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.past_key_values, mask, positions[:, -1] + 1, out.logits[:, -1, :]
 
 
 @torch.no_grad()

@@ -1,0 +1,196 @@
+"""Generation throughput: ``fedmedlora.lm.generate.generate`` (prefix cache, early stop, rows dropped) against plain
+``model.generate`` (``generate_hf``, the decoder before issue 12) on the study's real prompts.
+
+Prompts: the demo preset's evaluation prompts (JSON format, NER + RE with gold heads) of ``--sentences`` seeded test
+sentences per site, for two adapters: zero-shot (the base model) and an adapter trained here for
+``--train-steps`` steps on the pooled training sites (or ``--adapter DIR``). Both decoders run with the adapter
+merged and the same ``max_new_tokens`` and batch size, one after the other in this one process.
+
+Reported per adapter: answers/s and generated tokens/s of each decoder and their ratio; the share of prompts whose
+new output equals the plain output cut by the same stop rule (``stopping.cut_at_stop``: the exactness claim), equals
+the raw plain output, and parses to the same spans; micro F1 (NER and RE strict) of both. ``--dtype bfloat16``
+adds the fast decoder in bf16 (only meaningful on CPUs with bf16 hardware: AMX / AVX-512-bf16) with its agreement
+with fp32 and its F1. The compute bound: a large fp32 matmul's GFLOP/s on this machine divided by the ~2 x
+parameters FLOPs a generated token needs = the tokens/s no decoder can beat on these cores.
+
+Nothing is asserted. Usage::
+
+    python bench/generate_throughput.py                       # ~15 min on 2 cores
+    python bench/generate_throughput.py --sentences 3 --train-steps 6 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+
+from _common import RESULTS_DIR, machine_info, machine_label, print_table, write_json
+from fedmedlora.benchmark import open_benchmark
+from fedmedlora.config import load_config
+from fedmedlora.extract import ExtractionStats, extract_sentences
+from fedmedlora.lm.generate import generate, generate_hf
+from fedmedlora.lm.session import Session
+from fedmedlora.metrics import score_sentences
+from fedmedlora.parsing import parse
+from fedmedlora.sampling import eval_items, site_examples
+from fedmedlora.stopping import StopRule, cut_at_stop
+
+
+def _prompts_and_items(bench: Any, cfg: Any) -> tuple[list[Any], list[Any]]:
+    """Every evaluation prompt of the sampled sentences, in the order evaluation builds them."""
+    prompts: list[Any] = []
+    items_all: list[Any] = []
+    for site in bench.sites:
+        _, items = eval_items(bench, site, cfg)
+        items_all.extend(items)
+
+        def record(ps: list[str]) -> list[str]:
+            prompts.extend(ps)
+            return ["[]"] * len(ps)
+
+        extract_sentences(items, record, fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold")
+    return prompts, items_all
+
+
+def _score(items: list[Any], answers: dict[str, str], cfg: Any) -> dict[str, float]:
+    preds = extract_sentences(
+        items, lambda ps: [answers[p] for p in ps], fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold",
+        stats=ExtractionStats(),
+    )  # fmt: skip
+    ev = score_sentences(items, preds, cfg.data.tasks)
+    return {t: round(100 * ev.get(t, "strict").f1, 1) for t in cfg.data.tasks}
+
+
+def _spans(prompt: Any, out: str) -> tuple:
+    return parse(out, prompt.sentence, prompt.task, prompt.fmt, prompt.types, head=prompt.head).spans
+
+
+def _compute_bound(n_params: int) -> dict[str, float]:
+    a = torch.randn(2048, 2048)
+    b = torch.randn(2048, 2048)
+    a @ b
+    t0 = time.perf_counter()
+    reps = 10
+    for _ in range(reps):
+        a @ b
+    gflops = reps * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+    return {"matmul_gflops_fp32": round(gflops, 1), "tokens_per_s_bound": round(gflops * 1e9 / (2 * n_params), 1)}
+
+
+def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], items: list[Any], cfg: Any,
+                args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    tok = session.tokenizer
+    session.set_arrays(arrays)
+    kw = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
+    with session.merged():
+        t0 = time.perf_counter()
+        plain_ids = generate_hf(session.model, tok, prompts, return_ids=True, **kw)
+        t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fast = generate(session.model, tok, prompts, progress=False, **kw)
+        t_fast = time.perf_counter() - t0
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=True)
+
+    plain = [decode(ids) for ids in plain_ids]
+    cut = [decode(cut_at_stop(ids, decode, StopRule.for_prompt(p))) for ids, p in zip(plain_ids, prompts, strict=True)]
+    fast_tokens = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in fast)
+    plain_tokens = sum(len(ids) for ids in plain_ids)
+    n = len(prompts)
+    row: dict[str, Any] = {
+        "adapter": name,
+        "prompts": n,
+        "plain_s": round(t_plain, 1),
+        "fast_s": round(t_fast, 1),
+        "plain_answers_per_s": round(n / t_plain, 2),
+        "fast_answers_per_s": round(n / t_fast, 2),
+        "speedup": round(t_plain / t_fast, 2),
+        "plain_gen_tokens_per_s": round(plain_tokens / t_plain, 1),
+        "fast_gen_tokens_per_s": round(fast_tokens / t_fast, 1),
+        "identical_to_cut_plain": round(sum(a == b for a, b in zip(fast, cut, strict=True)) / n, 4),
+        "identical_to_raw_plain": round(sum(a == b for a, b in zip(fast, plain, strict=True)) / n, 4),
+        "same_parsed_spans": round(
+            sum(_spans(p, a) == _spans(p, b) for p, a, b in zip(prompts, fast, plain, strict=True)) / n, 4
+        ),
+        "f1_plain": _score(items, dict(zip(prompts, plain, strict=True)), cfg),
+        "f1_fast": _score(items, dict(zip(prompts, fast, strict=True)), cfg),
+    }
+    if args.dtype == "bfloat16":
+        session.model.to(torch.bfloat16)
+        try:
+            with session.merged():
+                t0 = time.perf_counter()
+                bf = generate(session.model, tok, prompts, progress=False, **kw)
+                t_bf = time.perf_counter() - t0
+        finally:
+            session.model.to(torch.float32)
+        row["bf16_s"] = round(t_bf, 1)
+        row["bf16_speedup_vs_fast_fp32"] = round(t_fast / t_bf, 2)
+        row["bf16_identical_to_fast_fp32"] = round(sum(a == b for a, b in zip(bf, fast, strict=True)) / n, 4)
+        row["f1_bf16"] = _score(items, dict(zip(prompts, bf, strict=True)), cfg)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sentences", type=int, default=6, help="test sentences per site")
+    ap.add_argument("--train-steps", type=int, default=20, help="steps of the trained adapter (0: zero-shot only)")
+    ap.add_argument("--adapter", type=Path, help="a PEFT adapter folder to use instead of training one")
+    ap.add_argument("--batch-size", type=int, default=None, help="rows per batch, both decoders (default: preset)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = [f"eval.max_sentences={args.sentences}", "model.device=cpu"]
+    if args.batch_size:
+        overrides.append(f"eval.batch_size={args.batch_size}")
+    cfg = load_config("demo", overrides)
+    bench = open_benchmark(None)
+    prompts, items = _prompts_and_items(bench, cfg)
+    session = Session.load(cfg)
+    n_params = sum(p.numel() for p in session.model.parameters())
+    rows = [run_adapter(session, None, "zero-shot", prompts, items, cfg, args)]
+    if args.adapter is not None:
+        from fedmedlora.lm.adapter_io import load_adapter_arrays
+
+        rows.append(run_adapter(session, load_adapter_arrays(args.adapter), "given", prompts, items, cfg, args))
+    elif args.train_steps > 0:
+        examples = [ex for site in ("chia", "phee", "bc5cdr") for ex in site_examples(bench, site, cfg)]
+        train_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": args.train_steps})})
+        trained = session.train(examples, None, train_cfg, progress=False).arrays
+        rows.append(run_adapter(session, trained, f"trained {args.train_steps} steps", prompts, items, cfg, args))
+    bound = _compute_bound(n_params)
+    info = machine_info()
+    info["torch_threads"] = torch.get_num_threads()
+    cols = ["adapter", "prompts", "plain_s", "fast_s", "speedup", "fast_answers_per_s", "fast_gen_tokens_per_s",
+            "identical_to_cut_plain", "identical_to_raw_plain", "same_parsed_spans", "f1_plain", "f1_fast"]  # fmt: skip
+    if args.dtype == "bfloat16":
+        cols += ["bf16_speedup_vs_fast_fp32", "bf16_identical_to_fast_fp32", "f1_bf16"]
+    print_table(
+        "generate: fast path vs plain model.generate", cols, [[r.get(c) for c in cols] for r in rows],
+        machine_label(info) + f"; torch threads {info['torch_threads']}",
+    )  # fmt: skip
+    print(f"compute bound: {bound}")
+    out = args.out or RESULTS_DIR / "generate_throughput.json"
+    write_json(
+        out, {"rows": rows, "compute_bound": bound, "machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
