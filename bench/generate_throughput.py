@@ -11,7 +11,9 @@ new output equals the plain output cut by the same stop rule (``stopping.cut_at_
 the raw plain output, and parses to the same spans; micro F1 (NER and RE strict) of both. ``--dtype bfloat16``
 adds the fast decoder in bf16 (only meaningful on CPUs with bf16 hardware: AMX / AVX-512-bf16) with its agreement
 with fp32 and its F1. The compute bound: a large fp32 matmul's GFLOP/s on this machine divided by the ~2 x
-parameters FLOPs a generated token needs = the tokens/s no decoder can beat on these cores.
+parameters FLOPs a generated token needs = the tokens/s no decoder can beat on these cores. ``--constrained`` adds
+constrained decoding (``eval.constrained``): its F1 and share of answers with a parse failure next to the
+unconstrained ones.
 
 Nothing is asserted. Usage::
 
@@ -39,6 +41,7 @@ from _common import RESULTS_DIR, machine_info, machine_label, print_table, write
 from fedmedlora.benchmark import open_benchmark
 from fedmedlora.config import load_config
 from fedmedlora.extract import ExtractionStats, extract_sentences
+from fedmedlora.lm.constrained import constraint_for
 from fedmedlora.lm.generate import generate, generate_hf
 from fedmedlora.lm.session import Session
 from fedmedlora.metrics import score_sentences
@@ -74,6 +77,15 @@ def _score(items: list[Any], answers: dict[str, str], cfg: Any) -> dict[str, flo
 
 def _spans(prompt: Any, out: str) -> tuple:
     return parse(out, prompt.sentence, prompt.task, prompt.fmt, prompt.types, head=prompt.head).spans
+
+
+def _failure_rate(prompts: list[Any], outs: list[str]) -> float:
+    """Share of answers with at least one parse failure."""
+    bad = sum(
+        parse(o, p.sentence, p.task, p.fmt, p.types, head=p.head).n_failures > 0
+        for p, o in zip(prompts, outs, strict=True)
+    )
+    return round(bad / len(prompts), 4)
 
 
 def _compute_bound(n_params: int) -> dict[str, float]:
@@ -126,7 +138,16 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
         ),
         "f1_plain": _score(items, dict(zip(prompts, plain, strict=True)), cfg),
         "f1_fast": _score(items, dict(zip(prompts, fast, strict=True)), cfg),
+        "parse_failure_rate_fast": _failure_rate(prompts, fast),
     }
+    if args.constrained:
+        with session.merged():
+            t0 = time.perf_counter()
+            con = generate(session.model, tok, prompts, progress=False, constraint=constraint_for(tok), **kw)
+            t_con = time.perf_counter() - t0
+        row["constrained_s"] = round(t_con, 1)
+        row["f1_constrained"] = _score(items, dict(zip(prompts, con, strict=True)), cfg)
+        row["parse_failure_rate_constrained"] = _failure_rate(prompts, con)
     if args.dtype == "bfloat16":
         session.model.to(torch.bfloat16)
         try:
@@ -150,6 +171,7 @@ def main() -> None:
     ap.add_argument("--adapter", type=Path, help="a PEFT adapter folder to use instead of training one")
     ap.add_argument("--batch-size", type=int, default=None, help="rows per batch, both decoders (default: preset)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--constrained", action="store_true", help="also decode with eval.constrained (F1, failures)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -180,6 +202,9 @@ def main() -> None:
             "identical_to_cut_plain", "identical_to_raw_plain", "same_parsed_spans", "f1_plain", "f1_fast"]  # fmt: skip
     if args.dtype == "bfloat16":
         cols += ["bf16_speedup_vs_fast_fp32", "bf16_identical_to_fast_fp32", "f1_bf16"]
+    cols.append("parse_failure_rate_fast")
+    if args.constrained:
+        cols += ["f1_constrained", "parse_failure_rate_constrained"]
     print_table(
         "generate: fast path vs plain model.generate", cols, [[r.get(c) for c in cols] for r in rows],
         machine_label(info) + f"; torch threads {info['torch_threads']}",

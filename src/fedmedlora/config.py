@@ -112,6 +112,12 @@ class EvalConfig(_Section):
         None, ge=1, description="Cap on test sentences per site (seeded), for quick runs."
     )
     split: Literal["dev", "test"] = "test"
+    sample_seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed of the eval.max_sentences sample (None = seed). study --seeds fixes it to the first seed, "
+        "so every seed is scored on the same sentences.",
+    )
     merge_adapter: bool = Field(
         True, description="Merge LoRA into the base weights while generating (faster; weights restored exactly)."
     )

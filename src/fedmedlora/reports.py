@@ -281,7 +281,7 @@ def unseen_site_rows(
 
 def unseen_site_markdown(rows: Sequence[Mapping[str, Any]], compare: Sequence[str], title: str = "") -> str:
     """``unseen_site_rows`` as a table (strict / lenient F1 per task), with a count of where each compared model
-    beats the single-site model on that model's unseen sites (NER strict F1)."""
+    has the higher point estimate than the single-site model on that model's unseen sites (NER strict F1)."""
     shown = [m for m in compare if any(m in r["scores"] for r in rows)]
     if not rows or not shown:
         return ""
@@ -313,7 +313,8 @@ def unseen_site_markdown(rows: Sequence[Mapping[str, Any]], compare: Sequence[st
     for m, (won, n) in wins.items():
         if n:
             lines.append(
-                f"- {m} beats the single-site model on its unseen sites in {won} of {n} cases (NER strict F1)."
+                f"- {m} has the higher point estimate than the single-site model on its unseen sites in {won} of "
+                f"{n} cases (NER strict F1; whether a difference is a win is in the paired comparisons)."
             )
     return "\n".join(lines) + "\n"
 

@@ -61,7 +61,8 @@ def eval_items(source: DocumentSource, site: str, cfg: RunConfig) -> tuple[list[
     """The (seeded, capped) evaluation sentences of a site's ``eval.split``."""
     docs = source.load(site, cfg.eval.split)
     items = [(s, d.label_set) for d in docs for s in d.sentences]
-    return docs, sample_eval(items, cfg.eval.max_sentences, cfg.seed, site)
+    seed = cfg.seed if cfg.eval.sample_seed is None else cfg.eval.sample_seed
+    return docs, sample_eval(items, cfg.eval.max_sentences, seed, site)
 
 
 def sample_eval(items: list[T], cap: int | None, seed: int, site: str) -> list[T]:

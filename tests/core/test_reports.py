@@ -59,7 +59,7 @@ def test_each_single_site_model_is_compared_on_exactly_the_sites_it_did_not_trai
 
     md = unseen_site_markdown(rows, ["fed", "partial"], title="unseen")
     assert "| single-site (a) | b, c | 0.0 / 0.0 | 66.7 / 66.7 |" in md
-    assert "fed beats the single-site model on its unseen sites in 1 of 2 cases" in md
+    assert "fed has the higher point estimate than the single-site model on its unseen sites in 1 of 2 cases" in md
     assert "partial" not in md  # never scored on a full unseen set: no column, no verdict
 
 

@@ -217,6 +217,15 @@ def test_a_second_seed_repeats_the_trained_rows_and_gives_mean_and_sd(study_dir:
     assert not (seed_dir / "zero-shot").exists() and not (seed_dir / "encoder").exists()
     for name in ("single-site (chia)", "centralized", "fed-medlora", "Fed-MedLoRA → adapted to maccrobat"):
         assert "seed: 14" in (seed_dir / name / "config.yaml").read_text(), name
+        # ... but scored on seed 13's test sentences, so the spread over seeds is the spread of training
+        first = json.loads((study_dir / name / "eval" / "test.json").read_text())
+        again = json.loads((seed_dir / name / "eval" / "test.json").read_text())
+        assert {s: sorted(r.get("documents", {})) for s, r in first.items() if not s.startswith("_")} == {
+            s: sorted(r.get("documents", {})) for s, r in again.items() if not s.startswith("_")
+        }
+        assert [r["n_sentences"] for s, r in sorted(first.items()) if not s.startswith("_")] == [
+            r["n_sentences"] for s, r in sorted(again.items()) if not s.startswith("_")
+        ]
     summary = json.loads((study_dir / "study.json").read_text())
     assert summary["seeds"]["seeds"] == [13, 14]
     rows = {(r["model"], r["group"]): r for r in summary["seeds"]["rows"]}

@@ -285,7 +285,8 @@ def _decode(
                 old_layers, mask = _left_pad_cache(past, mask, width)
                 new_layers, n_mask = _left_pad_cache(n_past, n_mask, width)
                 data = [
-                    (torch.cat([ko, kn]), torch.cat([vo, vn])) for (ko, vo), (kn, vn) in zip(old_layers, new_layers, strict=False)
+                    (torch.cat([ko, kn]), torch.cat([vo, vn]))
+                    for (ko, vo), (kn, vn) in zip(old_layers, new_layers, strict=False)
                 ]
                 past = DynamicCache(ddp_cache_data=data, config=config)
                 mask = torch.cat([mask, n_mask])

@@ -84,6 +84,13 @@ def _same_run(stored: RunConfig, wanted: RunConfig) -> bool:
     return stored.model_copy(update={"eval": ev}) == wanted
 
 
+def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """``cfg`` trained with ``seed`` but scored on the first seed's evaluation sample (``eval.sample_seed``), so
+    the spread over seeds is the spread of training, not of which test sentences were drawn."""
+    sample_seed = cfg.seed if cfg.eval.sample_seed is None else cfg.eval.sample_seed
+    return cfg.model_copy(update={"seed": seed, "eval": cfg.eval.model_copy(update={"sample_seed": sample_seed})})
+
+
 def run_study(
     cfg: RunConfig,
     out: str | Path,
@@ -122,7 +129,7 @@ def run_study(
     for seed in all_seeds[1:]:
         tag = f"[study] seed {seed}: "
         sub = Study(
-            cfg.model_copy(update={"seed": seed}),
+            seed_config(cfg, seed),
             study.out / SEED_DIR.format(seed=seed),
             fed_methods=fed_methods,
             external=study.external,
