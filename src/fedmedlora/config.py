@@ -59,6 +59,11 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient-norm clipping; None disables it.")
     keep_optimizer_state: bool = Field(False, description="Carry AdamW state across federated rounds.")
+    autocast: Literal["none", "bf16"] = Field(
+        "none",
+        description="Run forward/backward under torch.autocast(bfloat16); LoRA weights and optimiser stay fp32. "
+        "Off by default: bench/train_autocast.py measures its step-time ratio on your CPU first.",
+    )
 
 
 class DataConfig(_Section):

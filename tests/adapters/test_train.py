@@ -212,3 +212,18 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, examples):
         runs.append(train_local(model, tok, examples, settings, progress=False).losses)
         assert not getattr(model.base_model.model, "is_gradient_checkpointing", False)
     assert runs[0] == pytest.approx(runs[1], abs=1e-6)
+
+
+def test_bf16_autocast_trains_fp32_lora_weights_close_to_fp32(tiny_model_dir, examples):
+    """train.autocast=bf16 runs the matmuls in bf16 (the losses differ from fp32), keeps LoRA weights fp32, and
+    learns about the same thing."""
+    model, tok = _peft(tiny_model_dir, seed=0)
+    fp32 = train_local(model, tok, examples, FAST, progress=False)
+    model, tok = _peft(tiny_model_dir, seed=0)
+    bf16 = train_local(model, tok, examples, FAST.model_copy(update={"autocast": "bf16"}), progress=False)
+    assert bf16.losses != fp32.losses
+    assert all(np.isfinite(bf16.losses))
+    assert all(v.dtype == np.float32 for v in bf16.arrays.values())
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+    for k in fp32.arrays:
+        assert np.allclose(bf16.arrays[k], fp32.arrays[k], atol=0.05), k

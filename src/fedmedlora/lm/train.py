@@ -388,7 +388,8 @@ def train_local(
             for _ in range(settings.grad_accum):
                 batch = collate([data.examples[i] for i in next(batches)], pad_id, settings.loss_on)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                out = model(**batch, use_cache=False)  # HF shifts labels and averages over labels != -100
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast == "bf16"):
+                    out = model(**batch, use_cache=False)  # HF shifts labels and averages over labels != -100
                 (out.loss / settings.grad_accum).backward()
                 step_loss += out.loss.item() / settings.grad_accum
                 seen_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
