@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fedmedlora.parsing import occurrences
+
 # modes
 START, LIST_OPEN, LIT, TYPE, TEXT, AFTER_ITEM, DONE = range(7)
 
@@ -31,12 +33,8 @@ _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "n": "\n", "t": "\t", "r": "\r", "b"
 
 
 def count_occurrences(needle: str, haystack: str) -> int:
-    """Occurrences of ``needle`` in ``haystack``, overlapping ones included (as the parser's search)."""
-    n, i = 0, haystack.find(needle)
-    while i >= 0:
-        n += 1
-        i = haystack.find(needle, i + 1)
-    return n
+    """Occurrences of ``needle`` in ``haystack``, overlapping ones included (the parser's own search)."""
+    return sum(1 for _ in occurrences(needle, haystack, 0, len(haystack), fold=False))
 
 
 def _starts_word(text: str, i: int) -> bool:
@@ -49,12 +47,7 @@ def _ends_word(text: str, j: int) -> bool:
 
 def word_starts(needle: str, haystack: str) -> list[int]:
     """Start offsets of the occurrences of ``needle`` that begin at a word boundary."""
-    out, i = [], haystack.find(needle)
-    while i >= 0:
-        if _starts_word(haystack, i):
-            out.append(i)
-        i = haystack.find(needle, i + 1)
-    return out
+    return [a for a, _ in occurrences(needle, haystack, 0, len(haystack), fold=False) if _starts_word(haystack, a)]
 
 
 def count_words(needle: str, haystack: str) -> int:

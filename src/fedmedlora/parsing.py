@@ -77,6 +77,11 @@ def _result(spans: Iterable[Span], fails: Counter[str]) -> ParseResult:
     return ParseResult(tuple(sorted(uniq)), sum(failures.values()), failures)
 
 
+def section_started(output: str) -> bool:
+    """A new ``###`` prompt section has started in ``output``: both parsers ignore everything from there on."""
+    return _SECTION.search(output) is not None
+
+
 def _cut_trailing_section(output: str) -> str:
     m = _SECTION.search(output)
     return output[: m.start()] if m else output
@@ -235,7 +240,16 @@ def _decode_items(text: str, i: int) -> tuple[list, str | None]:
         items.append(item)
 
 
-def _occurrences(needle: str, sentence: str, lo: int, hi: int, fold: bool) -> Iterator[tuple[int, int]]:
+def json_list_closed(output: str) -> bool:
+    """The list at the first ``[`` of ``output`` (code fences removed) is closed and every item in it decodes: what
+    ``parse_json`` reads from it is final, whatever follows. A first ``[`` that does not start a decodable list
+    never counts (the parser may then read a later one)."""
+    text = _FENCE.sub("", output)
+    start = text.find("[")
+    return start >= 0 and _decode_items(text, start + 1)[1] is None
+
+
+def occurrences(needle: str, sentence: str, lo: int, hi: int, fold: bool) -> Iterator[tuple[int, int]]:
     """Every occurrence ``(start, end)`` of ``needle`` starting in ``[lo, hi)`` (overlapping ones included);
     ``fold``: ignore letter case (the span still comes from the sentence, so offsets and text stay exact)."""
     if not fold:
@@ -258,7 +272,7 @@ def _locate(
     first, then ignoring letter case."""
     for fold in (False, True):
         for lo, hi in ((cursor, len(sentence)), (0, cursor)):
-            for a, b in _occurrences(needle, sentence, lo, hi, fold):
+            for a, b in occurrences(needle, sentence, lo, hi, fold):
                 if (a, b, typ) not in used:
                     return a, b
     return None
@@ -269,7 +283,7 @@ def _locate_near(needle: str, typ: str, sentence: str, anchor: Span, used: set[t
     text first, then ignoring letter case."""
     for fold in (False, True):
         best: tuple[int, int, int] | None = None
-        for a, b in _occurrences(needle, sentence, 0, len(sentence), fold):
+        for a, b in occurrences(needle, sentence, 0, len(sentence), fold):
             if (a, b, typ) not in used:
                 dist = max(0, anchor.start - b, a - anchor.end)
                 if best is None or dist < best[0]:

@@ -9,7 +9,8 @@ Every rule is a function of the answer so far only, so stopping the moment a rul
 generation at the first prefix where it fires give the same text.
 
 Completeness by format:
-    JSON   the list that starts at the first ``[`` is closed (``]``) with every item decoded, exactly what
+    JSON   (``parsing.json_list_closed``, beside the decoder it mirrors) the list that starts at the first ``[``
+           is closed (``]``) with every item decoded, exactly what
            ``parsing.parse_json`` reads; anything after it is ignored by the parser. A first ``[`` that does not
            start a decodable list never counts as complete (the parser may then use a later ``[``).
     HTML   the tag-stripped answer reproduces the whole sentence with no tag open or cut off. Text after that
@@ -25,37 +26,10 @@ Pure core: stdlib only.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fedmedlora.parsing import scan_html
-
-_SECTION = re.compile(r"\n\s*###")
-_FENCE = re.compile(r"```[a-zA-Z]*")
-_DECODER = json.JSONDecoder()
-
-
-def json_list_closed(text: str) -> bool:
-    """The list at the first ``[`` of ``text`` (code fences removed) is closed and every item in it decodes."""
-    text = _FENCE.sub("", text)
-    i = text.find("[")
-    if i < 0:
-        return False
-    i += 1
-    n = len(text)
-    while True:
-        while i < n and (text[i].isspace() or text[i] == ","):
-            i += 1
-        if i >= n:
-            return False
-        if text[i] == "]":
-            return True
-        try:
-            _, i = _DECODER.raw_decode(text, i)
-        except (json.JSONDecodeError, RecursionError):
-            return False
+from fedmedlora.parsing import json_list_closed, scan_html, section_started
 
 
 def html_sentence_reproduced(text: str, sentence: str) -> bool:
@@ -74,7 +48,7 @@ def answer_complete(text: str, fmt: str, sentence: str | None = None) -> bool:
 
     ``sentence`` is needed for HTML (without it an HTML answer is complete only once a new section starts).
     """
-    if _SECTION.search(text):
+    if section_started(text):
         return True
     if fmt == "json":
         return json_list_closed(text)
@@ -132,12 +106,12 @@ class StopRule:
         return self.repetition is not None and self.repetition(ids)
 
     @classmethod
-    def for_prompt(cls, prompt: str, *, repetition: bool = True) -> StopRule:
-        """The rule for a prompt: completeness from a ``prompts.Prompt``'s format and sentence (a plain string
-        gets only the loop rule)."""
+    def for_prompt(cls, prompt: str, *, complete: bool = True, repetition: bool = True) -> StopRule:
+        """The rule for a prompt: with ``complete``, completeness from a ``prompts.Prompt``'s format and sentence
+        (a plain string has none); with ``repetition``, the loop rule."""
         return cls(
-            fmt=getattr(prompt, "fmt", None),
-            sentence=getattr(prompt, "sentence", None),
+            fmt=getattr(prompt, "fmt", None) if complete else None,
+            sentence=getattr(prompt, "sentence", None) if complete else None,
             repetition=RepetitionRule() if repetition else None,
         )
 
@@ -157,6 +131,5 @@ __all__ = [
     "answer_complete",
     "cut_at_stop",
     "html_sentence_reproduced",
-    "json_list_closed",
     "repetition_loop",
 ]

@@ -4,14 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedmedlora.parsing import parse_html, parse_json
+from fedmedlora.parsing import json_list_closed, parse_html, parse_json
 from fedmedlora.stopping import (
     RepetitionRule,
     StopRule,
     answer_complete,
     cut_at_stop,
     html_sentence_reproduced,
-    json_list_closed,
 )
 
 SENT = "No chest pain, no [sic] fever."

@@ -15,6 +15,7 @@ Adapter module (torch, the tokenizer); the grammar itself is pure core.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,12 +26,13 @@ from fedmedlora.constraints import JsonAnswerState, start_state
 #: Candidates tried in logit order before the whole vocabulary is searched.
 TOP_K = 32
 
-_PIECES: dict[int, list[str]] = {}
+#: per tokenizer object, dropped with it (an ``id()`` key could be reused by a later tokenizer)
+_PIECES: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 
 def token_pieces(tokenizer: Any) -> list[str]:
     """The text of every token id, decoded alone (cached per tokenizer object)."""
-    key = id(tokenizer)
+    key = tokenizer
     if key not in _PIECES:
         size = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
         special = set(getattr(tokenizer, "all_special_ids", []) or [])

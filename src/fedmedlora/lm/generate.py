@@ -28,6 +28,7 @@ This is an adapter module: it imports torch and transformers. It must not import
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,6 +70,23 @@ def _cut_at_eos(ids: list[int], stop: set[int]) -> list[int]:
         if token in stop:
             return ids[:i]
     return ids
+
+
+def _pad_id(tokenizer: Any, stop: Sequence[int]) -> int:
+    """The padding id: the tokenizer's, else the first EOS id (padded positions are masked either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """``model.eval()`` for the block, then back to training mode if it was training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -199,26 +217,23 @@ def generate(
     if len(prompts) == 0:
         return []
     encoded = [encode_prompt(tokenizer, p, use_chat_template) for p in prompts]
-    rules = [StopRule.for_prompt(p if early_stop else "", repetition=stop_on_repetition) for p in prompts]
+    rules = [StopRule.for_prompt(p, complete=early_stop, repetition=stop_on_repetition) for p in prompts]
     constraints = [constraint(p) if constraint is not None else None for p in prompts]
-    stop = set(eos_token_ids(model, tokenizer))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop)
+    eos = eos_token_ids(model, tokenizer)
+    stop, pad_id = set(eos), _pad_id(tokenizer, eos)
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     prefixes = _PrefixCache(model, device)
     order, prefix_len = _prefix_lengths(encoded, prompts)
     rows = [_Row(i, encoded[i], prefix_len[i] if prefix_cache else 0, rules[i], constraints[i]) for i in order]
     outputs: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), disable=not progress, desc="generate", leave=False)
     try:
-        for row in _decode(model, tokenizer, prefixes, rows, batch_size, max_new_tokens, stop, pad_id, device):
-            outputs[row.index] = row.answer()
-            bar.update(1)
+        with _eval_mode(model):
+            for row in _decode(model, tokenizer, prefixes, rows, batch_size, max_new_tokens, stop, pad_id, device):
+                outputs[row.index] = row.answer()
+                bar.update(1)
     finally:
         bar.close()
-        if was_training:
-            model.train()
     return outputs
 
 
@@ -375,12 +390,10 @@ def generate_hf(
     encoded = [encode_prompt(tokenizer, p, use_chat_template) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     stop = eos_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    pad_id = _pad_id(tokenizer, stop)
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     ids_out: list[list[int]] = [[] for _ in prompts]
-    try:
+    with _eval_mode(model):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             input_ids, attention_mask = left_pad([encoded[i] for i in rows], pad_id)
@@ -395,9 +408,6 @@ def generate_hf(
             )
             for row, ids in zip(rows, generated[:, input_ids.shape[1] :].tolist(), strict=True):
                 ids_out[row] = _cut_at_eos(ids, set(stop))
-    finally:
-        if was_training:
-            model.train()
     if return_ids:
         return ids_out
     return [tokenizer.decode(ids, skip_special_tokens=True) for ids in ids_out]
