@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedmedlora.aggregation import LOSS_SOURCES, RULES, SIZE_KEYS
 from fedmedlora.compression import METHODS
+from fedmedlora.privacy import CLIENT_DP_WEIGHTS, UNITS
 
 
 class _Section(BaseModel):
@@ -44,6 +45,58 @@ class LoraConfig(_Section):
     )
 
 
+class _DPBudget(_Section):
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="Gaussian noise std / clip norm; setting it (or target_epsilon) turns DP on."
+    )
+    target_epsilon: float | None = Field(
+        None, gt=0, description="Calibrate the noise multiplier so the whole run spends this ε (instead of noise)."
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the (ε, δ) guarantee.")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="Hard budget: nothing is trained (or released) that would take ε past it."
+    )
+    reproducible_noise: bool = Field(
+        False,
+        description="Draw sampling and noise from the run seed (reproducible; anyone who knows the seed can "
+        "remove the noise, so there is no guarantee). Default: secret OS entropy.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier is not None or self.target_epsilon is not None
+
+    @model_validator(mode="after")
+    def _one_way_to_set_noise(self) -> _DPBudget:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError("set noise_multiplier or target_epsilon, not both")
+        return self
+
+
+class DPSGDConfig(_DPBudget):
+    """Record-level DP-SGD at every site (Opacus): per-record clipping, Poisson sampling, RDP accounting."""
+
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-record gradient clip norm C.")
+    unit: Literal[UNITS] = Field(
+        "document",
+        description="What one protected record is: 'document' (a note; all its sentences and prompts), "
+        "'sentence', or 'example' (one prompt; weaker than it looks).",
+    )
+    records_per_step: int | None = Field(
+        None, ge=1, description="Expected records per step (Poisson rate = this / records); None = train.batch_size."
+    )
+
+
+class ClientDPConfig(_DPBudget):
+    """Client-level DP of the federation: sites clip their update, the coordinator adds calibrated noise."""
+
+    clip_norm: float = Field(1.0, gt=0, description="L2 bound C on each site's adapter update (all tensors).")
+    weights: Literal[CLIENT_DP_WEIGHTS] = Field(
+        "size",
+        description="'size': the rule's token/example weights, noise std σ·C·max weight; 'uniform': σ·C/m.",
+    )
+
+
 class TrainConfig(_Section):
     learning_rate: float = Field(2e-4, gt=0)
     batch_size: int = Field(4, ge=1)
@@ -64,6 +117,7 @@ class TrainConfig(_Section):
         description="Run forward/backward under torch.autocast(bfloat16); LoRA weights and optimiser stay fp32. "
         "Off by default: bench/train_autocast.py measures its step-time ratio on your CPU first.",
     )
+    dp: DPSGDConfig = Field(default_factory=DPSGDConfig, description="Record-level DP-SGD (off by default).")
 
 
 class DataConfig(_Section):
@@ -108,6 +162,7 @@ class FederationConfig(_Section):
     round_eval_sentences: int = Field(
         0, ge=0, description="Coordinator validation sentences scored (NER/RE F1) after every round; 0 = loss only."
     )
+    dp: ClientDPConfig = Field(default_factory=ClientDPConfig, description="Client-level DP (off by default).")
 
 
 class EvalConfig(_Section):
@@ -176,6 +231,19 @@ class RunConfig(_Section):
             raise ValueError(
                 "eval.constrained: constrained decoding is implemented for data.format=json only "
                 f"(got data.format={self.data.format!r})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dp_compatible(self) -> RunConfig:
+        if self.train.dp.enabled and self.model.load_in_4bit:
+            raise ValueError("train.dp: DP-SGD is not supported on a 4-bit (QLoRA) base model")
+        if self.train.dp.enabled and self.train.autocast != "none":
+            raise ValueError("train.dp: DP-SGD runs in fp32 (set train.autocast=none)")
+        if self.federation.dp.enabled and self.federation.strategy == "fedmedlora+":
+            raise ValueError(
+                "federation.dp: client-level DP needs weights fixed before the sites' updates are seen; "
+                "Fed-MedLoRA+ weights each site by the loss of its own update (use fedmedlora, fedsa or ffa)"
             )
         return self
 

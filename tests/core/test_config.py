@@ -54,6 +54,9 @@ def test_pyproject_flower_config_is_the_demo_preset():
     flat = flatten_dict(app_cfg)
     assert {"num-server-rounds", "run-dir", "resume", "server-data-dir"} <= set(flat)
     assert RunConfig.from_flower_run_config(flat) == load_config("demo")
+    # every field is listed: Flower only accepts --run-config overrides of keys the app config declares
+    missing = set(load_config("demo").to_flower_run_config()) - set(flat)
+    assert not missing, f"[tool.flwr.app.config] lacks {sorted(missing)}"
 
 
 def test_bad_override_values_are_config_errors():

@@ -41,6 +41,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "fedmedlora.metrics",
         "fedmedlora.parsing",
         "fedmedlora.prepare",
+        "fedmedlora.privacy",
         "fedmedlora.prompts",
         "fedmedlora.reports",
         "fedmedlora.runs",

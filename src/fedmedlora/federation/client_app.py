@@ -2,7 +2,14 @@
 
 Owns: the two message handlers (``train``: one round of local training; ``evaluate``: the loss of the received
 global adapter on the site's dev split) and the per-site persistent state in ``context.state`` (FedSA-LoRA's
-private ``lora_B``, AdamW state when ``train.keep_optimizer_state``, the int8 transport's error-feedback residual).
+private ``lora_B``, AdamW state when ``train.keep_optimizer_state``, the int8 transport's error-feedback residual,
+the DP-SGD privacy ledger under ``train.dp``; a node started with ``--node-config "privacy-ledger='<file>'"`` keeps
+that ledger in the file instead, across runs and restarts, which is what a hospital should do).
+
+Privacy: under ``train.dp`` a site trains with record-level DP-SGD, reports ``dp-epsilon`` instead of its training
+loss, and refuses (``dp-refused``, no tensors) a round that would take it past ``train.dp.max_epsilon``. Under
+``federation.dp`` it clips its update (delta from the received global, over the uploaded tensors) to
+``federation.dp.clip_norm`` before sending.
 Which site a node serves and its data live in ``fedmedlora.federation.site``; the loaded model is the process-wide
 ``fedmedlora.lm.session`` cache (a simulation does not reload it for every site and round).
 
@@ -13,6 +20,7 @@ token ids, no pickles (the contract: ``fedmedlora.federation.messages``).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +35,8 @@ from fedmedlora.federation.messages import (
     ARRAYS_KEY,
     COMPRESSION,
     CONFIG_KEY,
+    DP_EPSILON,
+    DP_REFUSED,
     INFO_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
@@ -44,6 +54,7 @@ from fedmedlora.federation.messages import (
 from fedmedlora.federation.site import cached_site_examples, site_of, site_seed
 from fedmedlora.lm.session import get_session
 from fedmedlora.lm.train import TrainSettings, validation_loss
+from fedmedlora.privacy import PrivacyBudgetExceeded, PrivacyLedger, clip_update
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,9 @@ log = logging.getLogger(__name__)
 FEDSA_PRIVATE_KEY = "fedsa-private-b"
 OPTIMIZER_KEY = "optimizer-state"
 EF_STATE_KEY = "compression-error-feedback"
+DP_LEDGER_KEY = "dp-ledger"
+#: Node config key: a file holding this site's privacy ledger across runs and restarts (JSON).
+LEDGER_NODE_KEY = "privacy-ledger"
 
 app = ClientApp()
 
@@ -63,6 +77,34 @@ def _set_lora_a_trainable(model: Any, trainable: bool) -> None:
 
 def _state_arrays(state: RecordDict, key: str, who: str = "") -> dict[str, np.ndarray] | None:
     return from_record(state[key], who) if key in state.array_records else None
+
+
+def _ledger_file(context: Context) -> Path | None:
+    raw = context.node_config.get(LEDGER_NODE_KEY)
+    return Path(str(raw)) if raw else None
+
+
+def load_ledger(context: Context, site: str) -> PrivacyLedger:
+    """This site's DP-SGD ledger: the node's ``privacy-ledger`` file when configured (every run that trained on
+    these records, surviving restarts), else this run's ``context.state``."""
+    path = _ledger_file(context)
+    if path is not None:
+        return (
+            PrivacyLedger.from_json(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else PrivacyLedger()
+        )
+    record = context.state.config_records.get(DP_LEDGER_KEY)
+    return PrivacyLedger.from_json(str(record["json"]), f"site {site} state") if record else PrivacyLedger()
+
+
+def save_ledger(context: Context, ledger: PrivacyLedger) -> None:
+    """Write the ledger where ``load_ledger`` reads it (the file atomically, before the reply leaves)."""
+    path = _ledger_file(context)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(ledger.to_json(), encoding="utf-8")
+        tmp.replace(path)
+    context.state[DP_LEDGER_KEY] = ConfigRecord({"json": ledger.to_json()})
 
 
 @app.train()
@@ -88,11 +130,23 @@ def train(msg: Message, context: Context) -> Message:
     if settings.keep_optimizer_state and (saved := _state_arrays(state, OPTIMIZER_KEY)) is not None:
         opt_state = {k: torch.from_numpy(v.copy()) for k, v in saved.items()}
 
+    ledger = None
+    if cfg.train.dp.enabled:
+        settings = settings.model_copy(update={"dp_calls": cfg.federation.rounds, "dp_round": rnd})
+        ledger = load_ledger(context, site)
+
     _set_lora_a_trainable(session.model, rule != "ffa")  # FFA-LoRA: A frozen at the shared init
     try:
-        result = session.train(examples, start, cfg, seed=settings.seed, optimizer_state=opt_state, progress=False)
+        result = session.train(
+            examples, start, cfg, settings=settings, optimizer_state=opt_state, progress=False, privacy_ledger=ledger
+        )
+    except PrivacyBudgetExceeded as refusal:
+        log.warning("%s", refusal)
+        return _refusal(msg, site, refusal)
     finally:
         _set_lora_a_trainable(session.model, True)
+    if result.privacy is not None:
+        save_ledger(context, result.privacy.ledger)
 
     arrays = {k: np.asarray(v) for k, v in result.arrays.items()}
     if rule == "fedsa":
@@ -101,6 +155,9 @@ def train(msg: Message, context: Context) -> Message:
     if result.optimizer_state is not None:
         state[OPTIMIZER_KEY] = to_record({k: v.detach().cpu().numpy() for k, v in result.optimizer_state.items()})
     upload = sorted(arrays) if send_private else shared_keys(rule, arrays)
+    if cfg.federation.dp.enabled:  # client-level DP: bound this site's influence before anything leaves
+        clipped, _norm = clip_update({k: arrays[k] for k in upload}, received, cfg.federation.dp.clip_norm)
+        arrays.update(clipped)
     residual = _state_arrays(state, EF_STATE_KEY, "error feedback")
     payload, new_residual = transport.send_up({k: arrays[k] for k in upload}, received, residual)
     if new_residual:
@@ -109,17 +166,33 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict[str, int | float] = {
         NUM_TOKENS: int(result.num_train_tokens),
         NUM_EXAMPLES: int(result.num_examples),
-        TRAIN_LOSS: float(result.train_loss),
         TRAIN_STEPS: int(result.steps),
     }
+    if result.privacy is not None:  # the training loss is a statistic of the records: not released under DP
+        metrics[DP_EPSILON] = float(result.privacy.epsilon)
+    else:
+        metrics[TRAIN_LOSS] = float(result.train_loss)
     if rule == "fedmedlora+" and cfg.federation.plus_loss_source == "site":
         dev = cached_site_examples(cfg, data_dir, site, "dev")
         metrics[SITE_VAL_LOSS] = float(validation_loss(session.model, session.tokenizer, dev, settings, arrays))
     log.info("site %s round %d: %d examples, loss %.4f", site, rnd, result.num_examples, result.train_loss)
+    if result.privacy is not None:
+        log.info("site %s round %d: DP-SGD ε=%.3f (δ=%g)", site, rnd, result.privacy.epsilon, cfg.train.dp.delta)
     content = RecordDict(
         {
             ARRAYS_KEY: to_record(payload),
             METRICS_KEY: MetricRecord(metrics),
+            INFO_KEY: ConfigRecord({"site": site}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def _refusal(msg: Message, site: str, refusal: PrivacyBudgetExceeded) -> Message:
+    """The reply of a site whose budget is spent: no tensors, the refusal and the ε spent so far."""
+    content = RecordDict(
+        {
+            METRICS_KEY: MetricRecord({DP_REFUSED: 1, DP_EPSILON: float(refusal.epsilon_spent)}),
             INFO_KEY: ConfigRecord({"site": site}),
         }
     )

@@ -10,7 +10,10 @@ server → site (``train``):  ``"arrays"``  ArrayRecord   the global adapter (ev
                             ``"config"``  ConfigRecord  server-round, rule, send-private, compression (scalars)
 site → server (``train``):  ``"arrays"``  ArrayRecord   the tensors of the strategy's ``upload_keys`` — nothing else
                             ``"metrics"`` MetricRecord  num-train-tokens, num-examples, train-loss, train-steps
-                                                        (+ site-val-loss for Fed-MedLoRA+ "site")
+                                                        (+ site-val-loss for Fed-MedLoRA+ "site"; under
+                                                        train.dp: dp-epsilon, and no train-loss)
+                            a site whose privacy budget is spent sends no arrays, only dp-refused = 1 and
+                            dp-epsilon (spent so far)
                             ``"info"``    ConfigRecord  {"site": short site name}  (optional)
 server → site (``evaluate``): the global adapter; site → server: ``val-loss`` and ``num-examples``.
 No text, token ids or pickles: any other record, tensor, key or a long string fails the round naming the site.
@@ -48,8 +51,12 @@ TRAIN_LOSS = "train-loss"
 TRAIN_STEPS = "train-steps"
 SITE_VAL_LOSS = "site-val-loss"
 VAL_LOSS = "val-loss"
+DP_EPSILON = "dp-epsilon"
+DP_REFUSED = "dp-refused"
 #: Every metric name a site may send. Anything else is rejected.
-ALLOWED_METRICS = frozenset({NUM_TOKENS, NUM_EXAMPLES, TRAIN_LOSS, SITE_VAL_LOSS, VAL_LOSS, TRAIN_STEPS})
+ALLOWED_METRICS = frozenset(
+    {NUM_TOKENS, NUM_EXAMPLES, TRAIN_LOSS, SITE_VAL_LOSS, VAL_LOSS, TRAIN_STEPS, DP_EPSILON, DP_REFUSED}
+)
 #: A site name in a reply: short identifier, not free text.
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 MAX_SITE_NAME = 64

@@ -53,6 +53,7 @@ class RoundRecorder:
         self.evaluator = evaluator
         self.offset = offset
         self.records: list[dict[str, Any]] = []
+        self.last_arrays: dict[str, np.ndarray] | None = None
 
     def save_adapter(self, arrays: dict[str, np.ndarray], name: int | str, **meta: Any) -> None:
         """``adapters/<round_N | name>/``: the arrays as a PEFT folder with this run's metadata."""
@@ -73,6 +74,7 @@ class RoundRecorder:
         record["size_key"] = self.cfg.federation.weight_by
         record.update(self.evaluator.scores(arrays))
         self.save_adapter(arrays, rnd, round=rnd, sites=rlog.sites)
+        self.last_arrays = arrays
         site_of_node = dict(zip(rlog.node_ids, rlog.sites, strict=True))
         mine = [m for m in self.strategy.messages if m["round"] == rnd]
         self.strategy.messages = [m for m in self.strategy.messages if m["round"] != rnd]

@@ -39,13 +39,15 @@ from flwr.serverapp import Grid, ServerApp
 from fedmedlora.aggregation import AggregationSettings
 from fedmedlora.config import RunConfig
 from fedmedlora.federation.checkpoint import ResumeError, resume_point
+from fedmedlora.federation.client_dp import ClientLevelDP
 from fedmedlora.federation.messages import from_record, to_record
 from fedmedlora.federation.recorder import RoundRecorder
 from fedmedlora.federation.server_eval import ServerEvaluator
 from fedmedlora.federation.site import default_data_dir
-from fedmedlora.federation.strategies import make_strategy
+from fedmedlora.federation.strategies import PrivacyBudgetSpent, make_strategy
 from fedmedlora.lm.adapter_io import ADAPTER_WEIGHTS_FILE
 from fedmedlora.lm.session import get_session
+from fedmedlora.privacy import PrivacyError
 from fedmedlora.runs import FINAL, ROUNDS_FILE, RunDir
 
 log = logging.getLogger(__name__)
@@ -115,9 +117,28 @@ def run_server(
     point = resume_point(run, cfg) if resume else None
     offset = point.round if point is not None else 0
     initial = point.arrays if point is not None else dict(session.init_arrays)
+    client_dp = last_round = None
+    if fed.dp.enabled:
+        n_sites = len(fed.sites) if fed.sites else fed.min_sites
+        client_dp = ClientLevelDP(fed.dp, rounds=fed.rounds, sites=n_sites, seed=cfg.seed, done_rounds=offset)
+        last_round = client_dp.affordable_rounds(fed.rounds)
+        if last_round == 0:
+            raise PrivacyError(
+                f"federation.dp.max_epsilon={fed.dp.max_epsilon}: one round already spends "
+                f"ε={client_dp.epsilon_after(1):.3f} (noise multiplier {client_dp.noise_multiplier:.3f})"
+            )
+        if last_round < fed.rounds:
+            log.warning(
+                "client-level DP: federation.dp.max_epsilon=%s affords %d of %d rounds; the run stops after round %d",
+                fed.dp.max_epsilon,
+                last_round,
+                fed.rounds,
+                last_round,
+            )
+    planned = last_round if last_round is not None else fed.rounds
     strategy = make_strategy(
         settings,
-        num_rounds=fed.rounds,
+        num_rounds=planned,
         fraction_train=fed.fraction_train,
         min_train_nodes=fed.min_sites,
         min_available_nodes=len(fed.sites) if fed.sites else fed.min_sites,
@@ -126,6 +147,8 @@ def run_server(
         round_offset=offset,
         node_wait_timeout_s=fed.round_timeout_s,
         compression=fed.compression,
+        client_dp=client_dp,
+        record_dp=cfg.train.dp.enabled,
     )
     recorder = RoundRecorder(run, cfg, strategy, session, evaluator, offset)
     if point is None:  # round 0: the initial adapter every site starts from
@@ -135,28 +158,51 @@ def run_server(
             record0["val_loss"] = scores.pop("val_loss")
             record0["val_examples"] = len(evaluator.val_examples)
         record0.update(scores)
+        if client_dp is not None:
+            record0["privacy"] = {
+                "client": {
+                    "noise_multiplier": client_dp.noise_multiplier,
+                    "delta": fed.dp.delta,
+                    "clip_norm": fed.dp.clip_norm,
+                    "planned_rounds": planned,
+                    "epsilon_planned": client_dp.epsilon_after(planned),
+                }
+            }
         recorder.save_adapter(initial, 0, round=0)
         run.append_jsonl(ROUNDS_FILE, record0)
 
     outcome = ServerOutcome(arrays=initial, start_round=offset, run_dir=run_path)
-    remaining = fed.rounds - offset
+    remaining = planned - offset
     if remaining <= 0:
-        log.info("nothing to do: %d of %d rounds already completed", offset, fed.rounds)
+        log.info("nothing to do: %d of %d rounds already completed", offset, planned)
         if not (run.adapter_dir(FINAL) / ADAPTER_WEIGHTS_FILE).is_file():
             recorder.save_adapter(initial, FINAL, round=offset)
         return outcome
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=to_record(initial),
-        num_rounds=remaining,
-        timeout=fed.round_timeout_s,
-        evaluate_fn=recorder,
-    )
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=to_record(initial),
+            num_rounds=remaining,
+            timeout=fed.round_timeout_s,
+            evaluate_fn=recorder,
+        )
+    except PrivacyBudgetSpent as spent:  # every site refused: stop cleanly with the last released adapter
+        done = recorder.records[-1]["round"] if recorder.records else offset
+        outcome.rounds = recorder.records
+        outcome.arrays = recorder.last_arrays if recorder.last_arrays is not None else initial
+        recorder.save_adapter(outcome.arrays, FINAL, round=done)
+        run.finish(status="stopped", reason=str(spent), rounds_completed=done)
+        log.warning("%s", spent)
+        return outcome
     outcome.rounds = recorder.records
     outcome.arrays = from_record(result.arrays, "global adapter") if len(result.arrays) else initial
-    recorder.save_adapter(outcome.arrays, FINAL, round=fed.rounds)
-    run.finish(status="done", rounds_completed=fed.rounds)
+    recorder.save_adapter(outcome.arrays, FINAL, round=planned)
+    if planned < fed.rounds:
+        reason = f"client-level privacy budget federation.dp.max_epsilon={fed.dp.max_epsilon} affords {planned} rounds"
+        run.finish(status="stopped", reason=reason, rounds_completed=planned)
+    else:
+        run.finish(status="done", rounds_completed=fed.rounds)
     return outcome
 
 

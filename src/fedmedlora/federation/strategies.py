@@ -43,10 +43,14 @@ from fedmedlora.aggregation import (
     weights_for,
 )
 from fedmedlora.compression import Transport
+from fedmedlora.federation.client_dp import ClientLevelDP
 from fedmedlora.federation.messages import (
     ARRAYS_KEY,
     COMPRESSION,
     CONFIG_KEY,
+    DP_EPSILON,
+    DP_REFUSED,
+    METRICS_KEY,
     NUM_EXAMPLES,
     NUM_TOKENS,
     ROUND,
@@ -70,6 +74,10 @@ class FederationError(RuntimeError):
     """A round cannot go on: too few sites connected, or too few valid replies (the message names them)."""
 
 
+class PrivacyBudgetSpent(FederationError):
+    """Every site that answered refused to train: its record-level privacy budget is spent."""
+
+
 @dataclass
 class RoundLog:
     """What happened in one round (written to ``rounds.jsonl`` by the ServerApp's round recorder)."""
@@ -91,6 +99,8 @@ class RoundLog:
     sampled_node_ids: list[int] = field(default_factory=list)
     started: float = 0.0
     aggregated: float = 0.0
+    refused: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
 
 
 class LoraStrategy(FedAvg):
@@ -115,6 +125,9 @@ class LoraStrategy(FedAvg):
         node_wait_timeout_s: How long to wait for ``min_available_nodes`` before failing (None = forever).
         compression: Adapter transport (``fedmedlora.compression``): ``none``, ``fp16``, ``bf16`` or ``int8``
             (int8 uploads the delta from the sent global with the site's error feedback; downloads use fp16).
+        client_dp: Client-level DP (``fedmedlora.federation.client_dp``): re-clip each update, noise the mean.
+        record_dp: The sites train with record-level DP-SGD: they report ``dp-epsilon`` and no train loss, and
+            may refuse (``dp-refused``) when their budget is spent.
     """
 
     #: The rule name (``fedmedlora.aggregation.RULES``) this class implements.
@@ -134,6 +147,8 @@ class LoraStrategy(FedAvg):
         fraction_evaluate: float = 0.0,
         node_wait_timeout_s: float | None = None,
         compression: str = "none",
+        client_dp: ClientLevelDP | None = None,
+        record_dp: bool = False,
     ) -> None:
         if settings.rule != self.rule:
             raise ValueError(f"{type(self).__name__} implements rule {self.rule!r}, settings say {settings.rule!r}")
@@ -157,6 +172,8 @@ class LoraStrategy(FedAvg):
         self.node_wait_timeout_s = node_wait_timeout_s
         self.compression = compression
         self.transport = Transport(compression)
+        self.client_dp = client_dp
+        self.record_dp = record_dp
         self.site_names: dict[int, str] = {}  # node id -> site name, learned from earlier replies (failure logs)
         self.rounds: dict[int, RoundLog] = {}
         self.messages: list[dict[str, Any]] = []  # comm records not yet flushed by the round recorder
@@ -170,7 +187,7 @@ class LoraStrategy(FedAvg):
 
     def required_metrics(self) -> list[str]:
         """Metric names every training reply must carry."""
-        return [self.weighted_by_key, TRAIN_LOSS]
+        return [self.weighted_by_key, DP_EPSILON] if self.record_dp else [self.weighted_by_key, TRAIN_LOSS]
 
     def site_weights(
         self, replies: Sequence[SiteReply], sizes: Sequence[float]
@@ -263,7 +280,17 @@ class LoraStrategy(FedAvg):
         sites = [r.site for r in ok]
         sizes = [r.metrics[self.weighted_by_key] for r in ok]
         weights, losses = self.site_weights(ok, sizes)
-        new_global = merge_into(self._global, weighted_mean([r.arrays for r in ok], weights, sites=sites))
+        if self.client_dp is not None:
+            weights = self.client_dp.weights(weights)
+            upload = sorted(ok[0].arrays)
+            mean, rlog.privacy["client"] = self.client_dp.release(
+                [r.arrays for r in ok], weights, {k: self._global[k] for k in upload}, sites, rnd
+            )
+        else:
+            mean = weighted_mean([r.arrays for r in ok], weights, sites=sites)
+        new_global = merge_into(self._global, mean)
+        if self.record_dp:
+            rlog.privacy["sites"] = {r.site: r.metrics[DP_EPSILON] for r in ok}
         down = {m["node_id"]: m["bytes"] for m in self.messages if m["round"] == rnd and m["direction"] == "down"}
         rlog.sites = sites
         rlog.node_ids = [r.node_id for r in ok]
@@ -272,17 +299,14 @@ class LoraStrategy(FedAvg):
         if losses is not None:
             rlog.losses = {s: float(v) for s, v in zip(sites, losses, strict=True)}
             rlog.loss_source = self.settings.loss_source
-        rlog.train_loss = {r.site: r.metrics[TRAIN_LOSS] for r in ok}
+        rlog.train_loss = {r.site: r.metrics[TRAIN_LOSS] for r in ok if TRAIN_LOSS in r.metrics}
         rlog.bytes_up = {r.site: r.nbytes for r in ok}
         rlog.bytes_down = {r.site: int(down.get(r.node_id, 0)) for r in ok}
         rlog.aggregated = time.time()
-        metrics = MetricRecord(
-            {
-                TRAIN_LOSS: float(sum(w * r.metrics[TRAIN_LOSS] for w, r in zip(weights, ok, strict=True))),
-                "num-sites": len(ok),
-                self.weighted_by_key: float(sum(sizes)),
-            }
-        )
+        summary: dict[str, float | int] = {"num-sites": len(ok), self.weighted_by_key: float(sum(sizes))}
+        if len(rlog.train_loss) == len(ok):
+            summary[TRAIN_LOSS] = float(sum(w * r.metrics[TRAIN_LOSS] for w, r in zip(weights, ok, strict=True)))
+        metrics = MetricRecord(summary)
         log.info("round %d: aggregated %s with weights %s", rnd, sites, np.round(weights, 4).tolist())
         return to_record(new_global), metrics
 
@@ -301,6 +325,16 @@ class LoraStrategy(FedAvg):
                 log.warning("round %d: node %d failed: %s", rnd, nid, msg.error.reason)
                 continue
             info = describe(msg.content)
+            if self._refused(msg):
+                reply = validate_train_reply(msg, {}, [DP_REFUSED, DP_EPSILON])
+                rlog.refused[reply.site] = reply.metrics[DP_EPSILON]
+                rlog.failures.append(
+                    f"{reply.site}: refused to train, its privacy budget is spent (ε so far "
+                    f"{reply.metrics[DP_EPSILON]:.3f})"
+                )
+                self.site_names[nid] = reply.site
+                log.warning("round %d: site %s refused to train (privacy budget spent)", rnd, reply.site)
+                continue
             reply = validate_train_reply(msg, self._expected_up, self.required_metrics())
             reply = replace(reply, arrays=self.transport.receive_up(reply.arrays, self._global))
             self.messages.append(
@@ -309,7 +343,7 @@ class LoraStrategy(FedAvg):
             ok.append(reply)
         # every sampled site without a valid reply is named (crashed nodes send nothing at all, and Flower reports
         # a stopped node's error as coming from node 1, so the error lines above cannot name them)
-        answered = {r.node_id for r in ok}
+        answered = {r.node_id for r in ok} | {n for n, name in self.site_names.items() if name in rlog.refused}
         for nid in rlog.sampled_node_ids:
             if nid not in answered:
                 name = self.site_names.get(nid, f"node {nid}")
@@ -317,6 +351,11 @@ class LoraStrategy(FedAvg):
                 log.warning("round %d: site %s (node %d) sent no valid reply", rnd, name, nid)
         for r in ok:
             self.site_names[r.node_id] = r.site
+        if not ok and rlog.refused:
+            raise PrivacyBudgetSpent(
+                f"round {rnd}: every site that answered refused to train (privacy budget spent: "
+                f"{sorted(rlog.refused)}); failures: {rlog.failures}"
+            )
         if len(ok) < max(self.min_train_nodes, 1):
             raise FederationError(
                 f"round {rnd}: {len(ok)} valid site replies, {self.min_train_nodes} required; failures: {rlog.failures}"
@@ -326,6 +365,11 @@ class LoraStrategy(FedAvg):
         if len(set(sites)) != len(sites):
             raise ReplyValidationError(f"round {rnd}: two replies claim the same site: {sites}")
         return ok
+
+    @staticmethod
+    def _refused(msg: Message) -> bool:
+        metrics = msg.content.metric_records.get(METRICS_KEY)
+        return metrics is not None and bool(metrics.get(DP_REFUSED, 0))
 
     # -- federated evaluation (off unless fraction_evaluate > 0) -----------------------------------------------
     def configure_evaluate(

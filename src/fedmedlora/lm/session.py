@@ -124,15 +124,17 @@ class Session:
         cfg: RunConfig,
         *,
         seed: int | None = None,
+        settings: TrainSettings | None = None,
         **kwargs: Any,
     ) -> TrainResult:
         """Train the adapter from ``arrays`` (None = the shared initial adapter) with ``cfg.train`` (seed:
-        ``cfg.seed`` unless given). ``kwargs`` go to ``train_local`` (``optimizer_state``, ``progress``)."""
+        ``cfg.seed`` unless given), or with ``settings`` when the caller built them. ``kwargs`` go to
+        ``train_local`` (``optimizer_state``, ``progress``, ``privacy_ledger``)."""
         return train_local(
             self.model,
             self.tokenizer,
             examples,
-            TrainSettings.from_config(cfg, seed=seed),
+            settings if settings is not None else TrainSettings.from_config(cfg, seed=seed),
             adapter_arrays=self.init_arrays if arrays is None else arrays,
             **kwargs,
         )

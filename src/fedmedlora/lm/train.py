@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ from pydantic import Field
 
 from fedmedlora.config import RunConfig, TrainConfig
 from fedmedlora.lm.adapter_io import get_adapter_arrays, set_adapter_arrays
+from fedmedlora.lm.dp import DPReport, check_budget, dpsgd_steps, epsilon_of, plan_dpsgd
 from fedmedlora.lm.model import encode_prompt, encode_target, model_device
+from fedmedlora.privacy import LedgerEntry, PrivacyError, PrivacyLedger, record_ids
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ class TrainSettings(TrainConfig):
         seed: seeds python/numpy/torch and the data shuffle (default: the run config's default seed).
         use_chat_template: render prompts with the tokenizer's chat template when it has one.
         gradient_checkpointing: trade compute for memory (recomputes activations in the backward pass).
+        dp_calls: under ``train.dp.target_epsilon``: how many calls the budget spans (a federation's rounds).
+        dp_round, dp_run: written into the privacy ledger entry of this call.
 
     Notes on the inherited fields: ``max_steps`` is optimiser steps per ``train_local`` call (``None``: ``epochs``
     passes over the data); ``max_length`` is prompt + answer + EOS (see the module docstring on truncation);
@@ -76,6 +81,9 @@ class TrainSettings(TrainConfig):
     seed: int = Field(RunConfig.model_fields["seed"].default, ge=0)
     use_chat_template: bool = True
     gradient_checkpointing: bool = False
+    dp_calls: int = Field(1, ge=1)
+    dp_round: int = Field(0, ge=0)
+    dp_run: str = ""
 
     @classmethod
     def from_config(cls, cfg: RunConfig, *, seed: int | None = None) -> TrainSettings:
@@ -85,6 +93,7 @@ class TrainSettings(TrainConfig):
             **cfg.train.model_dump(),
             seed=cfg.seed if seed is None else seed,
             use_chat_template=cfg.model.use_chat_template,
+            dp_run=cfg.name,
         )
 
 
@@ -110,6 +119,7 @@ class EncodedDataset:
     examples: list[EncodedExample]
     num_truncated: int = 0
     num_skipped: int = 0
+    kept: list[int] = field(default_factory=list)  # index in the input of every encoded example
 
 
 @dataclass
@@ -132,6 +142,7 @@ class TrainResult:
         num_seen_tokens: supervised tokens actually processed over all steps.
         num_input_tokens: non-padding tokens processed over all steps (for throughput).
         step_seconds: wall time of each optimiser step (for benchmarks; never assert on it).
+        privacy: under ``train.dp``: the DP-SGD plan, the ledger after this call and ε so far.
     """
 
     arrays: dict[str, np.ndarray]
@@ -148,6 +159,7 @@ class TrainResult:
     num_input_tokens: int = 0
     step_seconds: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    privacy: DPReport | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,6 +199,7 @@ def encode_examples(tokenizer: Any, examples: Sequence[PromptTarget], settings: 
             continue
         out.num_truncated += enc.truncated
         out.examples.append(enc)
+        out.kept.append(i)
     if out.num_truncated or out.num_skipped:
         logger.warning(
             "max_length=%d: %d of %d example(s) had their prompt truncated from the left, %d skipped because "
@@ -324,8 +337,13 @@ def train_local(
     adapter_arrays: Mapping[str, np.ndarray] | None = None,
     optimizer_state: Mapping[str, torch.Tensor] | None = None,
     progress: bool = True,
+    privacy_ledger: PrivacyLedger | None = None,
 ) -> TrainResult:
     """Train the LoRA adapter of ``model`` on ``examples`` and return the new adapter arrays.
+
+    With ``settings.dp`` on, the steps are record-level DP-SGD (``fedmedlora.lm.dp``): the call first checks
+    ``dp.max_epsilon`` against ``privacy_ledger`` plus this call, then trains and returns the extended ledger and
+    ε in ``TrainResult.privacy``.
 
     Args:
         model: a ``PeftModel`` from ``fedmedlora.lm.model.attach_lora`` (trained in place).
@@ -337,6 +355,7 @@ def train_local(
         optimizer_state: AdamW state from a previous call's ``TrainResult.optimizer_state``; used only when
             ``settings.keep_optimizer_state``.
         progress: show a progress bar.
+        privacy_ledger: DP-SGD releases already made on these records (default: none).
 
     Returns:
         A ``TrainResult``.
@@ -344,6 +363,9 @@ def train_local(
     Raises:
         ValueError: no examples, no trainable parameters, or every example was skipped by truncation.
         fedmedlora.lm.adapter_io.AdapterMismatchError: ``adapter_arrays`` do not fit the model.
+        fedmedlora.privacy.PrivacyBudgetExceeded: under DP, this call would pass ``dp.max_epsilon`` (nothing
+            was trained).
+        fedmedlora.privacy.PrivacyError: DP settings that cannot be honoured (checkpointing, autocast, ids).
     """
     settings = settings or TrainSettings()
     if len(examples) == 0:
@@ -366,10 +388,42 @@ def train_local(
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     if settings.keep_optimizer_state and optimizer_state:
         import_optimizer_state(optimizer, names, optimizer_state)
-    total_steps = _total_steps(len(data.examples), settings)
+    dp = settings.dp
+    plan = records = None
+    if dp.enabled:
+        if settings.gradient_checkpointing or settings.autocast != "none":
+            raise PrivacyError("train.dp: DP-SGD runs without gradient checkpointing and without autocast")
+        kept = [examples[i] for i in data.kept]
+        records = record_ids(kept, dp.unit)
+        plan = plan_dpsgd(
+            dp,
+            num_records=max(records) + 1,
+            batch_records=settings.batch_size * settings.grad_accum,
+            max_steps=settings.max_steps,
+            epochs=settings.epochs,
+            calls=settings.dp_calls,
+        )
+        check_budget(privacy_ledger or PrivacyLedger(), plan, dp.max_epsilon)
+    total_steps = plan.steps if plan is not None else _total_steps(len(data.examples), settings)
     scheduler = _make_scheduler(optimizer, settings, total_steps)
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if plan is not None and records is not None:
+        return _train_dp(
+            model,
+            data,
+            records,
+            plan,
+            settings,
+            params,
+            names,
+            optimizer,
+            scheduler,
+            pad_id,
+            device,
+            privacy_ledger or PrivacyLedger(),
+            progress,
+        )
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -423,6 +477,70 @@ def train_local(
         num_seen_tokens=seen_tokens,
         num_input_tokens=input_tokens,
         step_seconds=step_seconds,
+    )
+
+
+def _train_dp(
+    model: Any,
+    data: EncodedDataset,
+    records: list[int],
+    plan: Any,
+    settings: TrainSettings,
+    params: list[torch.nn.Parameter],
+    names: list[str],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    pad_id: int,
+    device: torch.device,
+    ledger: PrivacyLedger,
+    progress: bool,
+) -> TrainResult:
+    """The DP-SGD branch of ``train_local`` (``fedmedlora.lm.dp.dpsgd_steps``) and its ``TrainResult``."""
+    model.train()
+    start = time.perf_counter()
+    bar = _progress(plan.steps, progress, "train (DP-SGD)")
+
+    def on_step(loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        stats = dpsgd_steps(
+            model,
+            params,
+            optimizer,
+            scheduler,
+            plan,
+            records,
+            lambda idx: collate([data.examples[i] for i in idx], pad_id, settings.loss_on),
+            micro_batch=settings.batch_size,
+            seed=settings.seed if settings.dp.reproducible_noise else secrets.randbits(62),
+            device=device,
+            on_step=on_step,
+        )
+    finally:
+        bar.close()
+        model.eval()
+    seconds = time.perf_counter() - start
+    ledger = ledger.with_entry(
+        LedgerEntry(plan.noise_multiplier, plan.sample_rate, plan.steps, round=settings.dp_round, run=settings.dp_run)
+    )
+    finite = [x for x in stats.losses if math.isfinite(x)]
+    return TrainResult(
+        arrays=get_adapter_arrays(model),
+        num_examples=len(data.examples),
+        num_train_tokens=sum(supervised_tokens(ex, settings.loss_on) for ex in data.examples),
+        train_loss=float(np.mean(finite)) if finite else float("nan"),
+        losses=stats.losses,
+        steps=plan.steps,
+        optimizer_state=export_optimizer_state(optimizer, names) if settings.keep_optimizer_state else None,
+        seconds=seconds,
+        num_truncated=data.num_truncated,
+        num_skipped=data.num_skipped,
+        num_seen_tokens=stats.seen_tokens,
+        num_input_tokens=stats.input_tokens,
+        step_seconds=stats.step_seconds,
+        privacy=DPReport(plan, ledger, epsilon_of(ledger, plan.delta), stats.sampled_records),
     )
 
 

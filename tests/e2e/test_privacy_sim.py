@@ -1,0 +1,124 @@
+"""Privacy end to end on the tiny 3-site world (real ServerApp + ClientApp, in-process driver).
+
+Record-level DP-SGD at every site and client-level DP at the coordinator together for 2 rounds: the ε written
+to ``rounds.jsonl`` is checked against direct accountant calls (dp-accounting for the coordinator's Gaussian
+releases, Opacus's RDP for each site's Poisson-sampled steps), the sites' training losses never leave them, and
+sites out of budget refuse (one of them: the round goes on without it; all of them: the run stops cleanly).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinymodel import build_tiny_world, tiny_world_config
+
+pytestmark = pytest.mark.slow
+
+SITES = ["alpha", "beta", "gamma"]
+DOCS = [2, 3, 4]  # training documents per site; batch 2 → Poisson rates 1, 2/3, 1/2
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return build_tiny_world(tmp_path_factory.mktemp("dpworld"), SITES, DOCS)
+
+
+def _cfg(world: Path, *extra: str):
+    return tiny_world_config(
+        world,
+        "dp",
+        "federation.rounds=2",
+        f"federation.sites=[{','.join(SITES)}]",
+        "federation.min_sites=3",
+        *extra,
+    )
+
+
+def _run(world: Path, out: Path, cfg):
+    from fedmedlora.federation.simulation import run_federation
+
+    return run_federation(cfg, out, data_dir=world / "bench")
+
+
+def _site_epsilon(sigma: float, rate: float, steps: int, rounds: int, delta: float = 1e-5) -> float:
+    from fedmedlora.lm.dp import epsilon_of
+    from fedmedlora.privacy import LedgerEntry, PrivacyLedger
+
+    return epsilon_of(PrivacyLedger([LedgerEntry(sigma, rate, steps)] * rounds), delta)
+
+
+def test_dpsgd_and_client_dp_two_rounds_epsilon_matches_the_accountants(world: Path, tmp_path: Path) -> None:
+    from dp_accounting import dp_event, rdp
+
+    cfg = _cfg(
+        world, "train.dp.noise_multiplier=2.0", "federation.dp.noise_multiplier=1.5", "federation.dp.clip_norm=0.5"
+    )
+    result = _run(world, tmp_path / "run", cfg)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[0]["privacy"]["client"]["noise_multiplier"] == 1.5
+
+    for r in rounds[1:]:
+        n = r["round"]
+        # record level: each site's ε after n rounds of 2 steps at its own Poisson rate
+        for site, docs in zip(SITES, DOCS, strict=True):
+            expected = _site_epsilon(2.0, min(1.0, 2 / docs), 2, n)
+            assert r["privacy"]["sites"][site] == pytest.approx(expected, rel=1e-6), (n, site)
+        # client level: n Gaussian releases with noise multiplier 1.5 (no sampling amplification)
+        acc = rdp.RdpAccountant()
+        acc.compose(dp_event.GaussianDpEvent(1.5), n)
+        client = r["privacy"]["client"]
+        assert client["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-3)
+        weights = list(r["weights"].values())
+        assert client["noise_std"] == pytest.approx(1.5 * 0.5 * max(weights))
+        assert client["over_clip"] == []  # every site clipped its own update
+        assert r["train_loss"] == {}  # under DP-SGD the sites do not release their training loss
+
+    for rec in result.wire:
+        if rec.direction == "up":
+            assert "train-loss" not in rec.content["metrics"]["metrics"]
+            assert "dp-epsilon" in rec.content["metrics"]["metrics"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "done"
+
+
+def test_a_site_out_of_budget_refuses_and_the_round_goes_on(world: Path, tmp_path: Path) -> None:
+    # σ=2, 2 steps: alpha (rate 1) reaches ε≈3.19 after round 1 and ≈4.73 after round 2; the others stay below 4
+    assert _site_epsilon(2.0, 1.0, 2, 2) > 4.0 > _site_epsilon(2.0, 2 / 3, 2, 2)
+    cfg = _cfg(world, "train.dp.noise_multiplier=2.0", "train.dp.max_epsilon=4.0", "federation.min_sites=2")
+    _run(world, tmp_path / "run", cfg)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[1]["sites"] == SITES and rounds[1]["refused"] == {}
+    assert rounds[2]["sites"] == ["beta", "gamma"]
+    assert rounds[2]["refused"] == {"alpha": pytest.approx(_site_epsilon(2.0, 1.0, 2, 1), rel=1e-6)}
+    assert any("alpha: refused to train" in f for f in rounds[2]["failures"])
+
+
+def test_every_site_out_of_budget_stops_the_run_cleanly(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.lm.adapter_io import load_adapter_arrays
+
+    cfg = _cfg(world, "train.dp.noise_multiplier=2.0", "train.dp.max_epsilon=1.0")
+    _run(world, tmp_path / "run", cfg)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "stopped" and run["rounds_completed"] == 0
+    assert "privacy budget" in run["reason"]
+    final = load_adapter_arrays(tmp_path / "run" / "adapters" / "final")
+    init = load_adapter_arrays(tmp_path / "run" / "adapters" / "round_0")
+    assert all((final[k] == init[k]).all() for k in init)
+
+
+def test_client_level_budget_limits_the_rounds(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.federation.client_dp import gaussian_rounds_epsilon
+
+    # noise 1.0: ε≈4.7 after one release, more after two; a budget of 6 affords exactly one round
+    assert gaussian_rounds_epsilon(1.0, 1, 1e-5) < 6.0 < gaussian_rounds_epsilon(1.0, 2, 1e-5)
+    cfg = _cfg(world, "federation.dp.noise_multiplier=1.0", "federation.dp.max_epsilon=6.0")
+    _run(world, tmp_path / "run", cfg)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[1]["privacy"]["client"]["epsilon"] <= 6.0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "stopped" and run["rounds_completed"] == 1 and "max_epsilon=6.0" in run["reason"]
