@@ -81,7 +81,8 @@ def record_ids(examples: Sequence[Any], unit: str) -> list[int]:
                 f"example {i}: record-level DP with unit={unit!r} needs its 'sentence_id' (got {sid!r}); use "
                 "unit='example' for examples that carry none"
             )
-        out.append(index.setdefault(record_id(sid, unit), len(index)))
+        # records of different sites never merge (document ids are unique within a site only)
+        out.append(index.setdefault(f"{getattr(ex, 'site', '')}\x00{record_id(sid, unit)}", len(index)))
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -526,3 +527,37 @@ def plot_rounds(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | 
         written.append(out_dir / "bytes_per_round.png")
     plt.close(fig)
     return written
+
+
+def plot_privacy(points: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
+    """In-domain strict F1 (NER, RE) against ε of the privacy rows (``recipes.study.privacy_points``); the
+    non-private row (ε = ∞) is a dashed line. Returns the PNG written (none without a private point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    private = [p for p in points if math.isfinite(p["epsilon"])]
+    if not private:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for col, label, color in (("ner_strict_f1", "NER", "tab:blue"), ("re_strict_f1", "RE", "tab:orange")):
+        for kind, marker in (("record", "o"), ("client", "s")):
+            pts = sorted((p["epsilon"], p[col]) for p in private if p["kind"] == kind and p.get(col) is not None)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker=marker, color=color, label=f"{label}, {kind}-level DP")
+        for p in points:
+            if not math.isfinite(p["epsilon"]) and p.get(col) is not None:
+                ax.axhline(p[col], color=color, linestyle="--", alpha=0.6, label=f"{label}, {p['row']} (no DP)")
+    ax.set_xlabel("ε (δ as configured; record level: largest over sites)")
+    ax.set_ylabel("in-domain strict F1")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "f1_vs_epsilon.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]

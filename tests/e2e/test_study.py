@@ -242,3 +242,44 @@ def test_a_second_seed_repeats_the_trained_rows_and_gives_mean_and_sd(study_dir:
     table = md.split("## Across 2 seeds: micro F1 (%), mean ± sd")[1].split("\n## ")[0]
     assert " ± " in table.split("| Fed-MedLoRA | ")[1].split("\n")[0]
     assert "ner_strict_f1_mean" in (study_dir / "study.csv").read_text().splitlines()[0]
+
+
+def test_study_privacy_rows_table_pairs_and_plot(tmp_path: Path) -> None:
+    from fedmedlora.federation.site import clear_caches
+    from fedmedlora.recipes.study import run_study
+
+    cfg = _tiny_study_config(
+        save_tiny_model(tmp_path / "model"),
+        "name=study-dp",
+        "train.max_length=768",
+        "eval.max_sentences=2",
+        "eval.max_new_tokens=8",
+        "eval.bootstrap_resamples=50",
+        "federation.rounds=2",
+    )
+    privacy = {
+        "Fed-MedLoRA + DP-SGD": ["train.dp.noise_multiplier=1.0", "train.dp.unit=sentence"],
+        "Fed-MedLoRA + client DP": ["federation.dp.noise_multiplier=2.0"],
+    }
+    clear_caches()
+    run_study(
+        cfg,
+        tmp_path / "out",
+        fed_methods=["fedmedlora"],
+        skip=["zero_shot", "single_site", "centralized", "new_site"],
+        privacy=privacy,
+        progress=lambda *_: None,
+    )
+    summary = json.loads((tmp_path / "out" / "study.json").read_text())
+    models = {r["model"] for r in summary["rows"]}
+    assert models == {"Fed-MedLoRA", *privacy}
+    dp_sgd, client = summary["extras"]["Fed-MedLoRA + DP-SGD"], summary["extras"]["Fed-MedLoRA + client DP"]
+    assert dp_sgd["ε record-level (max over sites)"] > 0 and "ε client-level" not in dp_sgd
+    assert client["ε client-level"] > 0 and "ε record-level (max over sites)" not in client
+    assert "ε client-level" not in summary["extras"]["Fed-MedLoRA"]
+    # the private rows' own folders hold their rounds with the ε the table shows
+    rounds = [json.loads(x) for x in (tmp_path / "out" / "fed-medlora-plus-client-dp" / "rounds.jsonl").open()]
+    assert round(rounds[-1]["privacy"]["client"]["epsilon"], 2) == client["ε client-level"]
+    compared = {p["comparison"] for p in summary["paired"]}
+    assert {f"{name} vs Fed-MedLoRA" for name in privacy} <= compared
+    assert (tmp_path / "out" / "plots" / "f1_vs_epsilon.png").is_file()

@@ -214,6 +214,12 @@ def study(
         help="Train every trained row with this many seeds (seed, seed+1, ...; extra seeds in <out>/seed-<N>/) "
         "and report mean ± sd over them.",
     ),
+    privacy: bool = typer.Option(
+        False,
+        "--privacy",
+        help="Add Fed-MedLoRA rows under DP: DP-SGD at ε=8 and ε=3 (record level, unit train.dp.unit) and client "
+        "DP at ε=8, compared with Fed-MedLoRA and plotted F1 against ε (docs/privacy.md).",
+    ),
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
@@ -222,7 +228,7 @@ def study(
     one comparison table (study.md / .csv / .json) with 95% intervals, paired comparisons and plots."""
     from fedmedlora.encoder.model import EncoderLoadError
     from fedmedlora.federation.strategies import FederationError
-    from fedmedlora.recipes.study import SKIPPABLE, run_study
+    from fedmedlora.recipes.study import PRIVACY_ROWS, SKIPPABLE, run_study
 
     cfg = resolve(config, sets, **{"data.benchmark": benchmark})
     bad = sorted(set(skip or ()) - set(SKIPPABLE))
@@ -238,6 +244,7 @@ def study(
             encoder_settings={**cfg.study.encoder_settings, **json_fields(encoder_set)},
             skip=skip or (),
             seeds=seeds,
+            privacy=PRIVACY_ROWS if privacy else None,
         )
     except (*user_errors(), EncoderLoadError, FederationError) as e:
         raise fail(str(e)) from None

@@ -103,6 +103,7 @@ def _run_setting(
                 "steps": result.steps,
                 "seconds": round(time.perf_counter() - t0, 2),
                 "peak_rss_mb": peak_rss_mb(),
+                **({"privacy": result.privacy.as_dict()} if result.privacy is not None else {}),
             },
         )
         session.set_arrays(arrays)

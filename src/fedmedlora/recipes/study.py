@@ -26,9 +26,11 @@ documents. With ``seeds > 1`` every trained row runs again with seed ``seed + k`
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,9 @@ from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
 from fedmedlora.recipes.local import Setting, run_setting
 from fedmedlora.reports import (
     comparison_csv,
+    comparison_rows,
     paired_csv,
+    plot_privacy,
     plot_rounds,
     seed_summary,
     study_markdown,
@@ -65,6 +69,13 @@ from fedmedlora.runs import (
 
 FED_METHODS = {"fedmedlora": "Fed-MedLoRA", "fedmedlora+": "Fed-MedLoRA+", "fedsa": "FedSA-LoRA", "ffa": "FFA-LoRA"}
 SKIPPABLE = ("zero_shot", "single_site", "centralized", "new_site")
+#: ``study --privacy``: Fed-MedLoRA rows under DP (row name → config overrides). Record-level budgets are over the
+#: whole run (``target_epsilon`` calibrates the noise for all rounds); the unit of privacy is ``train.dp.unit``.
+PRIVACY_ROWS: dict[str, list[str]] = {
+    "Fed-MedLoRA + DP-SGD (ε=8)": ["train.dp.target_epsilon=8"],
+    "Fed-MedLoRA + DP-SGD (ε=3)": ["train.dp.target_epsilon=3"],
+    "Fed-MedLoRA + client DP (ε=8)": ["federation.dp.target_epsilon=8"],
+}
 
 
 def _scaled(cfg: RunConfig, factor: float) -> RunConfig:
@@ -101,6 +112,7 @@ def run_study(
     encoder_settings: dict[str, Any] | None = None,
     skip: Sequence[str] = (),
     seeds: int = 1,
+    privacy: Mapping[str, Sequence[str]] | None = None,
     progress: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the study and write its comparison table. Returns the table rows and per-model extras.
@@ -117,12 +129,20 @@ def run_study(
         seeds: how many seeds (``cfg.seed``, ``cfg.seed + 1``, ...) to train every trained LLM row with; the
             rows of seed ``cfg.seed + k`` (k ≥ 1) go to ``<out>/seed-<cfg.seed + k>/``, the zero-shot row and the
             encoder rows run once. With more than one, the study adds mean ± sd over seeds.
+        privacy: extra Fed-MedLoRA rows under differential privacy, row name → config overrides (e.g.
+            ``PRIVACY_ROWS``); each is compared with the non-private Fed-MedLoRA row and plotted F1 against ε.
     """
     if seeds < 1:
         raise ValueError(f"seeds: need at least 1, got {seeds}")
     all_seeds = [cfg.seed + k for k in range(seeds)]
     study = Study(
-        cfg, out, fed_methods=fed_methods, external=external, progress=progress, seeds=all_seeds if seeds > 1 else ()
+        cfg,
+        out,
+        fed_methods=fed_methods,
+        external=external,
+        progress=progress,
+        seeds=all_seeds if seeds > 1 else (),
+        privacy=privacy,
     )
     _run_rows(study, skip, encoder=encoder, encoder_settings=encoder_settings)
     per_seed = {cfg.seed: study.results}
@@ -134,6 +154,7 @@ def run_study(
             fed_methods=fed_methods,
             external=study.external,
             progress=lambda m, tag=tag: progress(m.replace("[study] ", tag, 1)),
+            privacy=privacy,
         )
         _run_rows(sub, (*skip, "zero_shot"), encoder=False)
         sub.write()
@@ -157,6 +178,8 @@ def _run_rows(
         study.local("centralized", "centralized", _scaled(study.cfg, factor), sites=train_sites)
     for rule in study.fed_methods:
         study.federated(rule)
+    for name, overrides in study.privacy.items():
+        study.federated("fedmedlora", name=name, overrides=overrides)
     if study.new_site and "new_site" not in skip:
         study.new_site_rows()
     if encoder:
@@ -180,7 +203,12 @@ class Study:
         external: Sequence[str] | None,
         progress: Callable[[str], Any],
         seeds: Sequence[int] = (),
+        privacy: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        self.privacy = {k: list(v) for k, v in (privacy or {}).items()}
+        clash = set(self.privacy) & set(FED_METHODS.values())
+        if clash:
+            raise ValueError(f"privacy rows may not reuse the names of the federated rows: {sorted(clash)}")
         self.t_start = time.perf_counter()
         self.out = Path(out)
         self.progress = progress
@@ -238,12 +266,19 @@ class Study:
         }
         run.write_json(STUDY_ROW_FILE, {**self.extras[name], "_reuse_key": what})
 
-    def federated(self, rule: str) -> None:
-        """A federated row through the real Flower apps (in-process simulation), resumed if interrupted."""
-        cfg, name = self.cfg, FED_METHODS[rule]
+    def federated(self, rule: str, *, name: str | None = None, overrides: Sequence[str] = ()) -> None:
+        """A federated row through the real Flower apps (in-process simulation), resumed if interrupted.
+
+        ``name`` and ``overrides`` make a variant row of ``rule`` (the privacy rows): its config is the study's
+        with the overrides applied, its folder is named after the row."""
+        cfg = self.cfg
+        if overrides:
+            cfg = load_config(overrides=list(overrides), **cfg.model_dump(mode="json"))
         fcfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"strategy": rule})})
-        fed_dir = self.out / name.lower().replace("+", "-plus")
-        self.fed_dirs[rule] = fed_dir
+        name = name or FED_METHODS[rule]
+        fed_dir = self.out / _folder_name(name)
+        if not overrides:
+            self.fed_dirs[rule] = fed_dir
         what = {"eval_sites": list(self.eval_sites), "init_adapter": ""}
         if self._reuse(fed_dir, fcfg, name, what):
             self.fed_rounds[name] = RunDir(fed_dir).read_jsonl(ROUNDS_FILE)
@@ -267,6 +302,7 @@ class Study:
             "train steps": (cfg.train.max_steps or 0) * rounds * n_sites or "epochs",
             "MB per round (all sites, up+down)": round(max(per_round) / 1e6, 2) if per_round else 0,
             "minutes": round((time.perf_counter() - t0 + done_before) / 60, 1),
+            **privacy_extras(result.rounds, fcfg),
         }
         run.write_json(STUDY_ROW_FILE, {**self.extras[name], "_reuse_key": what})
 
@@ -324,6 +360,9 @@ class Study:
         for f in fed:
             for sites in (self.train_sites, held_out):
                 add(f"{f} vs centralized", f, "centralized", sites)
+        for p in self.privacy:
+            for sites in (self.train_sites, held_out):
+                add(f"{p} vs Fed-MedLoRA", p, "Fed-MedLoRA", sites)
         if self.new_site_pair and self.new_site:
             adapted, from_base = self.new_site_pair
             add("adapted vs from base, on the new site", adapted, from_base, [self.new_site])
@@ -353,7 +392,7 @@ class Study:
             groups[f"new site: {self.new_site}"] = [self.new_site]
         # the paper's generalisation claim: federated models against each single-site model on the sites it never saw
         compare = {
-            "LLM adapters": [*(FED_METHODS[r] for r in self.fed_methods), "centralized"],
+            "LLM adapters": [*(FED_METHODS[r] for r in self.fed_methods), *self.privacy, "centralized"],
             "encoder models": ["encoder federated-full", "encoder federated-lora", "encoder centralized"],
         }
         prefix = {"LLM adapters": "", "encoder models": "encoder "}
@@ -364,6 +403,9 @@ class Study:
             for kind, c in compare.items()
         }
         plots = plot_rounds(self.fed_rounds, self.out / "plots") if self.fed_rounds else []
+        if self.privacy:
+            points = privacy_points(self.results, self.extras, [*self.privacy, "Fed-MedLoRA"], self.train_sites)
+            plots += plot_privacy(points, self.out / "plots")
         n_resamples, seed = self.cfg.eval.bootstrap_resamples, self.cfg.seed
         bootstrap = {"resamples": n_resamples, "seed": seed, "level": DEFAULT_LEVEL, "unit": "document"}
         intervals = row_intervals(self.results, groups, n_resamples=n_resamples, seed=seed) if n_resamples else None
@@ -439,6 +481,42 @@ class Study:
         self.extras[name] = row
         self.progress(f"[study] {name}: reusing the finished run in {run_path}")
         return True
+
+
+def _folder_name(row: str) -> str:
+    """A row's folder: lower case, ``+`` → ``-plus``, anything but letters, digits, ``.`` and ``-`` → ``-``."""
+    name = row.lower().replace("+", "-plus").replace("ε", "eps")
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.\-]+", "-", name)).strip("-")
+
+
+def privacy_extras(rounds: Sequence[Mapping[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    """The table's privacy columns of a federated row: ε spent (record level: the largest over sites) and δ."""
+    last = next((r for r in reversed(rounds) if r.get("round", 0) > 0 and r.get("privacy")), None)
+    if last is None:
+        return {}
+    out: dict[str, Any] = {}
+    if "sites" in last["privacy"]:
+        out["ε record-level (max over sites)"] = round(max(last["privacy"]["sites"].values()), 2)
+        out["δ record"] = cfg.train.dp.delta
+    if "client" in last["privacy"]:
+        out["ε client-level"] = round(last["privacy"]["client"]["epsilon"], 2)
+        out["δ client"] = cfg.federation.dp.delta
+    return out
+
+
+def privacy_points(
+    results: Mapping[str, Any], extras: Mapping[str, Mapping[str, Any]], rows: Sequence[str], sites: Sequence[str]
+) -> list[dict[str, Any]]:
+    """(row, ε, in-domain NER / RE strict F1) of the rows present; ε is ``inf`` for a non-private row."""
+    points = []
+    for model, _group, h in comparison_rows({r: results[r] for r in rows if r in results}, {"in": list(sites)}):
+        ex = extras.get(model, {})
+        eps = ex.get("ε record-level (max over sites)", ex.get("ε client-level", math.inf))
+        kind = "record" if "ε record-level (max over sites)" in ex else "client" if "ε client-level" in ex else "none"
+        points.append(
+            {"row": model, "epsilon": eps, "kind": kind, **{c: h.get(c) for c in ("ner_strict_f1", "re_strict_f1")}}
+        )
+    return points
 
 
 def load_study(out: str | Path) -> dict[str, Any]:
