@@ -163,6 +163,20 @@ class FederationConfig(_Section):
         0, ge=0, description="Coordinator validation sentences scored (NER/RE F1) after every round; 0 = loss only."
     )
     dp: ClientDPConfig = Field(default_factory=ClientDPConfig, description="Client-level DP (off by default).")
+    secure_aggregation: bool = Field(
+        False,
+        description="SecAgg+ (Flower's): the coordinator learns only the weighted sum of the sites' updates, "
+        "never one site's adapter (fedmedlora, fedsa, ffa; fedmedlora+ with plus_loss_source=site).",
+    )
+    secagg_threshold: float = Field(
+        0.67, gt=0, le=1, description="SecAgg+: fraction of a site's shares needed to unmask (dropout tolerance)."
+    )
+    secagg_clipping_range: float = Field(
+        8.0,
+        gt=0,
+        description="SecAgg+: |weight × update| per coordinate must stay within it (quantisation range; a site "
+        "fails the round rather than clip silently).",
+    )
 
 
 class EvalConfig(_Section):
@@ -240,6 +254,17 @@ class RunConfig(_Section):
             raise ValueError("train.dp: DP-SGD is not supported on a 4-bit (QLoRA) base model")
         if self.train.dp.enabled and self.train.autocast != "none":
             raise ValueError("train.dp: DP-SGD runs in fp32 (set train.autocast=none)")
+        f = self.federation
+        if f.secure_aggregation:
+            if f.strategy == "fedmedlora+" and f.plus_loss_source == "server":
+                raise ValueError(
+                    "federation.secure_aggregation: Fed-MedLoRA+ with plus_loss_source=server scores every site's "
+                    "adapter at the coordinator, which SecAgg+ hides; use federation.plus_loss_source=site"
+                )
+            if f.compression != "none":
+                raise ValueError(
+                    "federation.secure_aggregation: SecAgg+ quantises itself; set federation.compression=none"
+                )
         if self.federation.dp.enabled and self.federation.strategy == "fedmedlora+":
             raise ValueError(
                 "federation.dp: client-level DP needs weights fixed before the sites' updates are seen; "

@@ -122,3 +122,79 @@ def test_client_level_budget_limits_the_rounds(world: Path, tmp_path: Path) -> N
     assert rounds[1]["privacy"]["client"]["epsilon"] <= 6.0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "stopped" and run["rounds_completed"] == 1 and "max_epsilon=6.0" in run["reason"]
+
+
+# ---- secure aggregation (SecAgg+) ----------------------------------------------------------------------------
+
+
+def _adapter(run: Path, name: str):
+    from fedmedlora.lm.adapter_io import load_adapter_arrays
+
+    return load_adapter_arrays(run / "adapters" / name)
+
+
+def _max_diff(a, b) -> float:
+    return max(float(abs(a[k].astype("float64") - b[k]).max()) for k in a)
+
+
+def test_secure_aggregation_equals_the_plain_aggregate_and_hides_every_adapter(world: Path, tmp_path: Path) -> None:
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    plain = _run(world, tmp_path / "plain", _cfg(world))
+    secure = _run(world, tmp_path / "secure", _cfg(world, "federation.secure_aggregation=true"))
+    # same seeds → same site updates; SecAgg+ adds only its quantisation error (2·8 / 2**22 per step, stochastic)
+    for name in ("round_1", "round_2", "final"):
+        assert _max_diff(_adapter(tmp_path / "secure", name), _adapter(tmp_path / "plain", name)) < 2e-4, name
+    # the coordinator never receives a tensor from a site: train replies carry scalars, SecAgg+ replies masked bytes
+    ups = [rec for rec in secure.wire if rec.direction == "up"]
+    assert ups and all(rec.content["tensors"] == [] for rec in ups)
+    assert any(rec.content["configs"].get(RECORD_KEY_CONFIGS) for rec in ups)  # the SecAgg+ stages
+    assert plain.wire and any(rec.content["tensors"] for rec in plain.wire if rec.direction == "up")
+    rounds = [json.loads(line) for line in (tmp_path / "secure" / "rounds.jsonl").read_text().splitlines()]
+    for r in rounds[1:]:
+        assert r["privacy"]["secure_aggregation"] == {"sites": SITES, "dropped": []}
+        assert all(b > 0 for b in r["bytes_up"].values())  # the masked vectors are counted
+
+
+def test_secure_aggregation_survives_a_site_dropping_out_mid_protocol(world: Path, tmp_path: Path) -> None:
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    from fedmedlora.federation import client_app as client_module
+    from fedmedlora.federation.simulation import run_federation
+
+    def flaky(msg, ctx):
+        cfg = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        if ctx.node_config["site"] == "beta" and cfg is not None and cfg.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS:
+            raise ConnectionError("beta lost its network after the key exchange")
+        return client_module.app(msg, ctx)
+
+    cfg = _cfg(world, "federation.secure_aggregation=true", "federation.rounds=1", "federation.min_sites=2")
+    run_federation(cfg, tmp_path / "secure", data_dir=world / "bench", client_app=flaky)
+    rounds = [json.loads(line) for line in (tmp_path / "secure" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[1]["privacy"]["secure_aggregation"] == {"sites": ["alpha", "gamma"], "dropped": ["beta"]}
+    assert rounds[1]["sites"] == ["alpha", "gamma"]
+    assert any("beta: dropped out during SecAgg+" in f for f in rounds[1]["failures"])
+    # the round's adapter is the mean of the two survivors: the plain federation of alpha and gamma alone
+    two = _cfg(world, "federation.rounds=1", "federation.sites=[alpha,gamma]", "federation.min_sites=2")
+    _run(world, tmp_path / "two", two)
+    assert _max_diff(_adapter(tmp_path / "secure", "round_1"), _adapter(tmp_path / "two", "round_1")) < 2e-4
+
+
+def test_private_fedmedlora_plus_under_secure_aggregation(world: Path, tmp_path: Path) -> None:
+    """Fed-MedLoRA+ with each site's own dev loss: the scalars go first, the weighted update under SecAgg+."""
+    extra = ("federation.strategy=fedmedlora+", "federation.plus_loss_source=site")
+    plain = _run(world, tmp_path / "plain", _cfg(world, *extra))
+    _run(world, tmp_path / "secure", _cfg(world, *extra, "federation.secure_aggregation=true"))
+    rounds = [json.loads(line) for line in (tmp_path / "secure" / "rounds.jsonl").read_text().splitlines()]
+    plain_rounds = [r for r in plain.rounds if r["round"] > 0]
+    for r, p in zip(rounds[1:], plain_rounds, strict=True):
+        # round 1 starts from the same adapter; later rounds from globals that differ by the quantisation error
+        assert r["loss_source"] == "site" and r["weights"] == pytest.approx(p["weights"], rel=1e-4)
+    assert _max_diff(_adapter(tmp_path / "secure", "final"), _adapter(tmp_path / "plain", "final")) < 2e-4
+
+
+def test_secure_aggregation_refuses_the_server_held_fedmedlora_plus():
+    from fedmedlora.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="plus_loss_source=site"):
+        load_config(overrides=["federation.secure_aggregation=true", "federation.strategy=fedmedlora+"])

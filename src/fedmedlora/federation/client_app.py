@@ -51,6 +51,7 @@ from fedmedlora.federation.messages import (
     from_record,
     to_record,
 )
+from fedmedlora.federation.secure_aggregation import SECURE, secure_aggregation_mod, stash_update
 from fedmedlora.federation.site import cached_site_examples, site_of, site_seed
 from fedmedlora.lm.session import get_session
 from fedmedlora.lm.train import TrainSettings, validation_loss
@@ -107,7 +108,7 @@ def save_ledger(context: Context, ledger: PrivacyLedger) -> None:
     context.state[DP_LEDGER_KEY] = ConfigRecord({"json": ledger.to_json()})
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod])
 def train(msg: Message, context: Context) -> Message:
     """One round of local training at this site; see the module docstring for what is sent back."""
     cfg = RunConfig.from_flower_run_config(context.run_config)
@@ -159,9 +160,14 @@ def train(msg: Message, context: Context) -> Message:
         clipped, _norm = clip_update({k: arrays[k] for k in upload}, received, cfg.federation.dp.clip_norm)
         arrays.update(clipped)
     residual = _state_arrays(state, EF_STATE_KEY, "error feedback")
-    payload, new_residual = transport.send_up({k: arrays[k] for k in upload}, received, residual)
-    if new_residual:
-        state[EF_STATE_KEY] = to_record(new_residual)
+    secure = bool(config.get(SECURE, False))
+    if secure:  # SecAgg+ follows: keep the update here, send scalars only (fedmedlora.federation.secure_aggregation)
+        stash_update(state, {k: arrays[k] - received[k] for k in upload}, rnd)
+        payload = {}
+    else:
+        payload, new_residual = transport.send_up({k: arrays[k] for k in upload}, received, residual)
+        if new_residual:
+            state[EF_STATE_KEY] = to_record(new_residual)
 
     metrics: dict[str, int | float] = {
         NUM_TOKENS: int(result.num_train_tokens),
@@ -178,13 +184,9 @@ def train(msg: Message, context: Context) -> Message:
     log.info("site %s round %d: %d examples, loss %.4f", site, rnd, result.num_examples, result.train_loss)
     if result.privacy is not None:
         log.info("site %s round %d: DP-SGD ε=%.3f (δ=%g)", site, rnd, result.privacy.epsilon, cfg.train.dp.delta)
-    content = RecordDict(
-        {
-            ARRAYS_KEY: to_record(payload),
-            METRICS_KEY: MetricRecord(metrics),
-            INFO_KEY: ConfigRecord({"site": site}),
-        }
-    )
+    content = RecordDict({METRICS_KEY: MetricRecord(metrics), INFO_KEY: ConfigRecord({"site": site})})
+    if not secure:
+        content[ARRAYS_KEY] = to_record(payload)
     return Message(content, reply_to=msg)
 
 

@@ -141,21 +141,29 @@ class ClientLevelDP:
             clipped.append(arrays)
             norms.append(norm)
         mean = weighted_mean(clipped, weights, sites=list(sites))
-        std = mean_noise_std(weights, clip, self.noise_multiplier)
+        noised, record = self.add_noise(mean, weights, round_)
+        # a site whose update arrives above the bound was not clipping (or sent a larger one): flagged here
+        record["over_clip"] = [s for s, n in zip(sites, norms, strict=True) if n > clip * (1 + 1e-3)]
+        return noised, record
+
+    def add_noise(
+        self, mean: Mapping[str, np.ndarray], weights: Sequence[float], round_: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Noise an already aggregated mean (under SecAgg+ the coordinator cannot re-clip: the sites' own
+        clipping is what bounds each update) and compose one release."""
+        std = mean_noise_std(weights, self.dp.clip_norm, self.noise_multiplier)
         entropy = [self.seed, round_] if self.dp.reproducible_noise else secrets.randbits(128)
         noised = add_gaussian_noise(mean, std, np.random.default_rng(entropy))
         self.accountant.compose(self._event(), 1)
-        record = {
+        record: dict[str, Any] = {
             "epsilon": self.epsilon,
             "delta": self.dp.delta,
             "noise_multiplier": self.noise_multiplier,
-            "clip_norm": clip,
+            "clip_norm": self.dp.clip_norm,
             "noise_std": std,
             "weights": self.dp.weights,
-            # a site whose update arrives above the bound was not clipping (or sent a larger one): flagged here
-            "over_clip": [s for s, n in zip(sites, norms, strict=True) if n > clip * (1 + 1e-3)],
         }
-        if math.isfinite(record["epsilon"]) is False:
+        if not math.isfinite(record["epsilon"]):
             raise PrivacyError(f"round {round_}: the accountant returned ε={record['epsilon']}")
         return noised, record
 

@@ -99,7 +99,8 @@ def describe(content: RecordDict) -> dict[str, Any]:
     tensors = []
     for rname, rec in content.array_records.items():
         for key, arr in rec.items():
-            raw = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+            # Flower's legacy records hold an '_empty' placeholder with no dtype (the SecAgg+ fit instructions)
+            raw = int(np.prod(arr.shape, dtype=np.int64)) * np.dtype(arr.dtype).itemsize if arr.dtype else 0
             tensors.append({"record": rname, "name": key, "shape": list(arr.shape), "dtype": arr.dtype, "bytes": raw})
     return {
         "tensors": tensors,

@@ -42,6 +42,7 @@ from fedmedlora.federation.checkpoint import ResumeError, resume_point
 from fedmedlora.federation.client_dp import ClientLevelDP
 from fedmedlora.federation.messages import from_record, to_record
 from fedmedlora.federation.recorder import RoundRecorder
+from fedmedlora.federation.secure_aggregation import SecAggSettings
 from fedmedlora.federation.server_eval import ServerEvaluator
 from fedmedlora.federation.site import default_data_dir
 from fedmedlora.federation.strategies import PrivacyBudgetSpent, make_strategy
@@ -149,6 +150,9 @@ def run_server(
         compression=fed.compression,
         client_dp=client_dp,
         record_dp=cfg.train.dp.enabled,
+        secure=SecAggSettings(fed.secagg_threshold, fed.secagg_clipping_range, fed.round_timeout_s)
+        if fed.secure_aggregation
+        else None,
     )
     recorder = RoundRecorder(run, cfg, strategy, session, evaluator, offset)
     if point is None:  # round 0: the initial adapter every site starts from

@@ -66,6 +66,7 @@ from fedmedlora.federation.messages import (
     to_record,
     validate_train_reply,
 )
+from fedmedlora.federation.secure_aggregation import SECURE, SecAggSettings, secure_weighted_mean
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class LoraStrategy(FedAvg):
         client_dp: Client-level DP (``fedmedlora.federation.client_dp``): re-clip each update, noise the mean.
         record_dp: The sites train with record-level DP-SGD: they report ``dp-epsilon`` and no train loss, and
             may refuse (``dp-refused``) when their budget is spent.
+        secure: SecAgg+ (``fedmedlora.federation.secure_aggregation``): the train replies carry scalars only and
+            the weighted mean update is unmasked from Flower's SecAgg+ stages; no site's adapter is seen.
     """
 
     #: The rule name (``fedmedlora.aggregation.RULES``) this class implements.
@@ -149,6 +152,7 @@ class LoraStrategy(FedAvg):
         compression: str = "none",
         client_dp: ClientLevelDP | None = None,
         record_dp: bool = False,
+        secure: SecAggSettings | None = None,
     ) -> None:
         if settings.rule != self.rule:
             raise ValueError(f"{type(self).__name__} implements rule {self.rule!r}, settings say {settings.rule!r}")
@@ -174,6 +178,9 @@ class LoraStrategy(FedAvg):
         self.transport = Transport(compression)
         self.client_dp = client_dp
         self.record_dp = record_dp
+        self.secure = secure
+        self._grid: Grid | None = None
+        self._secure_spec: dict[str, tuple[tuple[int, ...], str]] = {}
         self.site_names: dict[int, str] = {}  # node id -> site name, learned from earlier replies (failure logs)
         self.rounds: dict[int, RoundLog] = {}
         self.messages: list[dict[str, Any]] = []  # comm records not yet flushed by the round recorder
@@ -246,6 +253,9 @@ class LoraStrategy(FedAvg):
             arrays = to_record(payload)
         upload = self.upload_keys(self._global, rnd)
         self._expected_up = self.transport.upload_spec({k: v for k, v in spec_of(self._global).items() if k in upload})
+        if self.secure is not None:  # the tensors come through SecAgg+, the train replies carry none
+            self._secure_spec, self._expected_up = self._expected_up, {}
+            self._grid = grid
         node_ids = self.sample(self._wait_for_nodes(grid), server_round)
         self._learn_site_names(grid)
         cfg = ConfigRecord(dict(config))
@@ -254,6 +264,7 @@ class LoraStrategy(FedAvg):
         # more than the rule shares (FedSA's last round): the sites add their private tensors to the upload
         cfg[SEND_PRIVATE] = set(upload) != set(shared_keys(self.rule, list(self._global)))
         cfg[COMPRESSION] = self.compression
+        cfg[SECURE] = self.secure is not None
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg})
         info = describe(record)
         self.rounds[rnd] = RoundLog(
@@ -282,6 +293,13 @@ class LoraStrategy(FedAvg):
         weights, losses = self.site_weights(ok, sizes)
         if self.client_dp is not None:
             weights = self.client_dp.weights(weights)
+        secure_bytes: dict[int, int] = {}
+        if self.secure is not None:
+            keep, weights, mean, secure_bytes = self._secure_mean(rnd, ok, weights, rlog)
+            ok = [ok[i] for i in keep]
+            sites, sizes = [r.site for r in ok], [sizes[i] for i in keep]
+            losses = [losses[i] for i in keep] if losses is not None else None
+        elif self.client_dp is not None:
             upload = sorted(ok[0].arrays)
             mean, rlog.privacy["client"] = self.client_dp.release(
                 [r.arrays for r in ok], weights, {k: self._global[k] for k in upload}, sites, rnd
@@ -300,7 +318,7 @@ class LoraStrategy(FedAvg):
             rlog.losses = {s: float(v) for s, v in zip(sites, losses, strict=True)}
             rlog.loss_source = self.settings.loss_source
         rlog.train_loss = {r.site: r.metrics[TRAIN_LOSS] for r in ok if TRAIN_LOSS in r.metrics}
-        rlog.bytes_up = {r.site: r.nbytes for r in ok}
+        rlog.bytes_up = {r.site: r.nbytes + secure_bytes.get(r.node_id, 0) for r in ok}
         rlog.bytes_down = {r.site: int(down.get(r.node_id, 0)) for r in ok}
         rlog.aggregated = time.time()
         summary: dict[str, float | int] = {"num-sites": len(ok), self.weighted_by_key: float(sum(sizes))}
@@ -309,6 +327,34 @@ class LoraStrategy(FedAvg):
         metrics = MetricRecord(summary)
         log.info("round %d: aggregated %s with weights %s", rnd, sites, np.round(weights, 4).tolist())
         return to_record(new_global), metrics
+
+    def _secure_mean(
+        self, rnd: int, ok: list[SiteReply], weights: np.ndarray, rlog: RoundLog
+    ) -> tuple[list[int], np.ndarray, dict[str, np.ndarray], dict[int, int]]:
+        """SecAgg+ of the sites' stashed updates: which replies made it, their renormalised weights, the new
+        shared tensors (global + weighted mean update, noised under client DP) and the bytes each node sent."""
+        assert self.secure is not None and self._grid is not None
+        res = secure_weighted_mean(
+            self._grid,
+            {r.node_id: float(w) for r, w in zip(ok, weights, strict=True)},
+            self._secure_spec,
+            rnd,
+            threshold=self.secure.threshold,
+            clipping_range=self.secure.clipping_range,
+            timeout=self.secure.timeout,
+        )
+        keep = [i for i, r in enumerate(ok) if r.node_id in set(res.survivors)]
+        dropped = [r.site for r in ok if r.node_id not in set(res.survivors)]
+        kept = np.asarray([weights[i] for i in keep], dtype=np.float64)
+        kept = kept / kept.sum()
+        delta = res.mean
+        if self.client_dp is not None:
+            delta, rlog.privacy["client"] = self.client_dp.add_noise(delta, kept, rnd)
+        for site in dropped:
+            rlog.failures.append(f"{site}: dropped out during SecAgg+ in round {rnd} (recovered from its shares)")
+        rlog.privacy["secure_aggregation"] = {"sites": [ok[i].site for i in keep], "dropped": dropped}
+        mean = {k: (self._global[k].astype(np.float64) + v).astype(self._global[k].dtype) for k, v in delta.items()}
+        return keep, kept, mean, res.bytes_up
 
     def _valid_replies(self, rnd: int, replies: Iterable[Message], rlog: RoundLog) -> list[SiteReply]:
         """The round's replies that pass the message contract, decoded, sorted by site; failures logged.
