@@ -198,3 +198,14 @@ def test_secure_aggregation_refuses_the_server_held_fedmedlora_plus():
 
     with pytest.raises(ConfigError, match="plus_loss_source=site"):
         load_config(overrides=["federation.secure_aggregation=true", "federation.strategy=fedmedlora+"])
+
+
+def test_resume_refuses_a_new_round_count_when_the_noise_was_calibrated(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.federation.checkpoint import ResumeError
+    from fedmedlora.federation.simulation import run_federation
+
+    cfg = _cfg(world, "federation.rounds=1", "federation.dp.target_epsilon=20")
+    _run(world, tmp_path / "run", cfg)
+    longer = _cfg(world, "federation.rounds=2", "federation.dp.target_epsilon=20")
+    with pytest.raises(ResumeError, match="calibrated by target_epsilon for 1 rounds"):
+        run_federation(longer, tmp_path / "run", resume=True, data_dir=world / "bench")

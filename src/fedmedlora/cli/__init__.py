@@ -188,6 +188,17 @@ def fed_run(
         f"run folder: {result.run_dir} ({len(result.rounds) - 1} rounds, sites {', '.join(result.sites)}, "
         f"last val loss {last.get('val_loss')}, {result.seconds:.1f} s)"
     )
+    spent = last.get("privacy") or {}
+    if "sites" in spent:
+        eps = ", ".join(f"{s} {e:.2f}" for s, e in spent["sites"].items())
+        typer.echo(f"record-level DP-SGD: ε so far (δ={cfg.train.dp.delta:g}): {eps}")
+    if "epsilon" in spent.get("client", {}):
+        typer.echo(f"client-level DP: ε so far {spent['client']['epsilon']:.2f} (δ={cfg.federation.dp.delta:g})")
+    if "secure_aggregation" in spent:
+        typer.echo(f"secure aggregation (SecAgg+): last round summed {', '.join(spent['secure_aggregation']['sites'])}")
+    run_info = RunDir(out).read_json("run.json") if (Path(out) / "run.json").is_file() else {}
+    if run_info.get("status") == "stopped":
+        typer.echo(f"stopped early: {run_info.get('reason')}")
 
 
 # ---- the study (fedmedlora.recipes.study) -------------------------------------------------------------------

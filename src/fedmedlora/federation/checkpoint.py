@@ -82,6 +82,12 @@ def resume_point(run: RunDir, cfg: RunConfig) -> ResumePoint:
             f"cannot resume {run.path}: the configuration changed since the run started ({', '.join(changed)}); "
             "only federation.rounds may differ"
         )
+    calibrated = cfg.train.dp.target_epsilon is not None or fed.dp.target_epsilon is not None
+    if calibrated and state.get("num_rounds") not in (None, fed.rounds):
+        raise ResumeError(
+            f"cannot resume {run.path} with federation.rounds={fed.rounds}: its DP noise was calibrated by "
+            f"target_epsilon for {state.get('num_rounds')} rounds (set the noise_multiplier it used instead)"
+        )
     offset = int(state["round"])
     arrays = load_adapter_arrays(run.adapter_dir(offset))
     truncate_logs(run, offset)
