@@ -63,6 +63,7 @@ class DPReport:
     ledger: PrivacyLedger
     epsilon: float
     sampled_records: list[int] = field(default_factory=list)
+    sampled_examples: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         p = self.plan
@@ -169,6 +170,7 @@ class DPStepStats:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     sampled_records: list[int] = field(default_factory=list)
+    sampled_examples: list[int] = field(default_factory=list)
     seen_tokens: int = 0
     input_tokens: int = 0
 
@@ -259,6 +261,7 @@ def dpsgd_steps(
             step_loss = total_loss / len(examples) if examples else float("nan")
             stats.losses.append(step_loss)
             stats.sampled_records.append(len(chosen))
+            stats.sampled_examples.append(len(examples))
             stats.step_seconds.append(time.perf_counter() - start)
             if on_step is not None:
                 on_step(step_loss)

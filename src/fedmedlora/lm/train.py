@@ -540,7 +540,7 @@ def _train_dp(
         num_seen_tokens=stats.seen_tokens,
         num_input_tokens=stats.input_tokens,
         step_seconds=stats.step_seconds,
-        privacy=DPReport(plan, ledger, epsilon_of(ledger, plan.delta), stats.sampled_records),
+        privacy=DPReport(plan, ledger, epsilon_of(ledger, plan.delta), stats.sampled_records, stats.sampled_examples),
     )
 
 
