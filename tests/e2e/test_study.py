@@ -258,8 +258,8 @@ def test_study_privacy_rows_table_pairs_and_plot(tmp_path: Path) -> None:
         "federation.rounds=2",
     )
     privacy = {
-        "Fed-MedLoRA + DP-SGD": ["train.dp.noise_multiplier=1.0", "train.dp.unit=sentence"],
-        "Fed-MedLoRA + client DP": ["federation.dp.noise_multiplier=2.0"],
+        "Fed-MedLoRA + DP-SGD": ("fedmedlora", ["train.dp.noise_multiplier=1.0", "train.dp.unit=sentence"]),
+        "Fed-MedLoRA + client DP": ("fedmedlora", ["federation.dp.noise_multiplier=2.0"]),
     }
     clear_caches()
     run_study(

@@ -228,8 +228,9 @@ def study(
     privacy: bool = typer.Option(
         False,
         "--privacy",
-        help="Add Fed-MedLoRA rows under DP: DP-SGD at ε=8 and ε=3 (record level, unit train.dp.unit) and client "
-        "DP at ε=8, compared with Fed-MedLoRA and plotted F1 against ε (docs/privacy.md).",
+        help="Add rows under DP / SecAgg+: Fed-MedLoRA with DP-SGD at ε=8 and ε=3 (record level, unit "
+        "train.dp.unit) and with client DP at ε=8, and the private Fed-MedLoRA+ (site losses, SecAgg+); each "
+        "compared with its plain rule, F1 plotted against ε (docs/privacy.md).",
     ),
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,

@@ -69,12 +69,17 @@ from fedmedlora.runs import (
 
 FED_METHODS = {"fedmedlora": "Fed-MedLoRA", "fedmedlora+": "Fed-MedLoRA+", "fedsa": "FedSA-LoRA", "ffa": "FFA-LoRA"}
 SKIPPABLE = ("zero_shot", "single_site", "centralized", "new_site")
-#: ``study --privacy``: Fed-MedLoRA rows under DP (row name → config overrides). Record-level budgets are over the
-#: whole run (``target_epsilon`` calibrates the noise for all rounds); the unit of privacy is ``train.dp.unit``.
-PRIVACY_ROWS: dict[str, list[str]] = {
-    "Fed-MedLoRA + DP-SGD (ε=8)": ["train.dp.target_epsilon=8"],
-    "Fed-MedLoRA + DP-SGD (ε=3)": ["train.dp.target_epsilon=3"],
-    "Fed-MedLoRA + client DP (ε=8)": ["federation.dp.target_epsilon=8"],
+#: ``study --privacy``: federated rows under DP or SecAgg+ (row name → (rule, config overrides)), each compared with
+#: the plain row of its rule. Record-level budgets are over the whole run (``target_epsilon`` calibrates the noise
+#: for all rounds); the unit of privacy is ``train.dp.unit``.
+PRIVACY_ROWS: dict[str, tuple[str, list[str]]] = {
+    "Fed-MedLoRA + DP-SGD (ε=8)": ("fedmedlora", ["train.dp.target_epsilon=8"]),
+    "Fed-MedLoRA + DP-SGD (ε=3)": ("fedmedlora", ["train.dp.target_epsilon=3"]),
+    "Fed-MedLoRA + client DP (ε=8)": ("fedmedlora", ["federation.dp.target_epsilon=8"]),
+    "Fed-MedLoRA+ private (site losses, SecAgg+)": (
+        "fedmedlora+",
+        ["federation.plus_loss_source=site", "federation.secure_aggregation=true"],
+    ),
 }
 
 
@@ -112,7 +117,7 @@ def run_study(
     encoder_settings: dict[str, Any] | None = None,
     skip: Sequence[str] = (),
     seeds: int = 1,
-    privacy: Mapping[str, Sequence[str]] | None = None,
+    privacy: Mapping[str, tuple[str, Sequence[str]]] | None = None,
     progress: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the study and write its comparison table. Returns the table rows and per-model extras.
@@ -129,8 +134,9 @@ def run_study(
         seeds: how many seeds (``cfg.seed``, ``cfg.seed + 1``, ...) to train every trained LLM row with; the
             rows of seed ``cfg.seed + k`` (k ≥ 1) go to ``<out>/seed-<cfg.seed + k>/``, the zero-shot row and the
             encoder rows run once. With more than one, the study adds mean ± sd over seeds.
-        privacy: extra Fed-MedLoRA rows under differential privacy, row name → config overrides (e.g.
-            ``PRIVACY_ROWS``); each is compared with the non-private Fed-MedLoRA row and plotted F1 against ε.
+        privacy: extra federated rows under DP or SecAgg+, row name → (rule, config overrides) (e.g.
+            ``PRIVACY_ROWS``); each is compared with the plain row of its rule (when that rule is in
+            ``fed_methods``) and the DP rows are plotted F1 against ε.
     """
     if seeds < 1:
         raise ValueError(f"seeds: need at least 1, got {seeds}")
@@ -178,8 +184,8 @@ def _run_rows(
         study.local("centralized", "centralized", _scaled(study.cfg, factor), sites=train_sites)
     for rule in study.fed_methods:
         study.federated(rule)
-    for name, overrides in study.privacy.items():
-        study.federated("fedmedlora", name=name, overrides=overrides)
+    for name, (rule, overrides) in study.privacy.items():
+        study.federated(rule, name=name, overrides=overrides)
     if study.new_site and "new_site" not in skip:
         study.new_site_rows()
     if encoder:
@@ -203,9 +209,12 @@ class Study:
         external: Sequence[str] | None,
         progress: Callable[[str], Any],
         seeds: Sequence[int] = (),
-        privacy: Mapping[str, Sequence[str]] | None = None,
+        privacy: Mapping[str, tuple[str, Sequence[str]]] | None = None,
     ) -> None:
-        self.privacy = {k: list(v) for k, v in (privacy or {}).items()}
+        self.privacy = {k: (rule, list(v)) for k, (rule, v) in (privacy or {}).items()}
+        unknown = sorted({rule for rule, _ in self.privacy.values()} - set(FED_METHODS))
+        if unknown:
+            raise ValueError(f"privacy rows name unknown rules {unknown}; choose from {sorted(FED_METHODS)}")
         clash = set(self.privacy) & set(FED_METHODS.values())
         if clash:
             raise ValueError(f"privacy rows may not reuse the names of the federated rows: {sorted(clash)}")
@@ -360,9 +369,9 @@ class Study:
         for f in fed:
             for sites in (self.train_sites, held_out):
                 add(f"{f} vs centralized", f, "centralized", sites)
-        for p in self.privacy:
+        for p, (rule, _) in self.privacy.items():
             for sites in (self.train_sites, held_out):
-                add(f"{p} vs Fed-MedLoRA", p, "Fed-MedLoRA", sites)
+                add(f"{p} vs {FED_METHODS[rule]}", p, FED_METHODS[rule], sites)
         if self.new_site_pair and self.new_site:
             adapted, from_base = self.new_site_pair
             add("adapted vs from base, on the new site", adapted, from_base, [self.new_site])
@@ -404,7 +413,9 @@ class Study:
         }
         plots = plot_rounds(self.fed_rounds, self.out / "plots") if self.fed_rounds else []
         if self.privacy:
-            points = privacy_points(self.results, self.extras, [*self.privacy, "Fed-MedLoRA"], self.train_sites)
+            plain = sorted({FED_METHODS[rule] for rule, _ in self.privacy.values()})
+            dp_rows = [p for p in self.privacy if any(k.startswith("ε") for k in self.extras.get(p, {}))]
+            points = privacy_points(self.results, self.extras, [*dp_rows, *plain], self.train_sites)
             plots += plot_privacy(points, self.out / "plots")
         n_resamples, seed = self.cfg.eval.bootstrap_resamples, self.cfg.seed
         bootstrap = {"resamples": n_resamples, "seed": seed, "level": DEFAULT_LEVEL, "unit": "document"}
