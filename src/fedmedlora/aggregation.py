@@ -159,10 +159,11 @@ def normalize_weights(weights: Sequence[float], sites: Sequence[str] | None = No
     if neg.size:
         name = sites[neg[0]] if sites is not None else f"#{neg[0]}"
         raise AggregationError(f"weights: site {name} has negative weight {vec[neg[0]]!r}")
-    total = float(vec.sum())
-    if not total > 0:
-        raise AggregationError(f"weights: sum is {total!r}; at least one site needs a positive weight")
-    return vec / total
+    peak = float(vec.max())
+    if not peak > 0:
+        raise AggregationError(f"weights: sum is {float(vec.sum())!r}; at least one site needs a positive weight")
+    vec = vec / peak  # scale first: weights near the float64 maximum would overflow the sum to inf
+    return vec / float(vec.sum())
 
 
 def size_weights(sizes: Sequence[float], sites: Sequence[str] | None = None) -> np.ndarray:
@@ -291,11 +292,13 @@ def weighted_mean(
     weights: Sequence[float],
     *,
     sites: Sequence[str] | None = None,
+    expected: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-tensor weighted average ``Σ_k w̃_k θ_k[p]`` with ``w̃ = w / Σ w``.
 
-    Accumulates in float64 and returns each tensor in its input dtype. The first update defines the expected
-    key set, shapes and dtypes; every other update must match exactly.
+    Accumulates in float64 and returns each tensor in its input dtype. ``expected`` (e.g. ``spec_of`` the global
+    adapter) defines the key set, shapes and dtypes every update must match; without it the first update does,
+    and a malformed first update then gets the *other* sites named.
 
     Args:
         updates: One ``{name: array}`` per site (at least one).
@@ -316,12 +319,15 @@ def weighted_mean(
     if len(weights) != len(updates):
         raise AggregationError(f"weighted_mean: {len(weights)} weights for {len(updates)} updates")
     w = normalize_weights(weights, names)
-    if not updates[0]:
-        raise AggregationError(f"weighted_mean: update from site {names[0]} contains no tensor")
-    expected = spec_of(updates[0])
+    if expected is None:
+        if not updates[0]:
+            raise AggregationError(f"weighted_mean: update from site {names[0]} contains no tensor")
+        expected = spec_of(updates[0])
+    elif not expected:
+        raise AggregationError("weighted_mean: the expected tensor set is empty")
     for key, (_shape, dtype) in expected.items():
         if np.dtype(dtype).kind != "f":  # averaging is only defined on float tensors (decode payloads first)
-            raise AggregationError(f"site {names[0]}: {key} has non-float dtype {dtype}")
+            raise AggregationError(f"weighted_mean: {key} has non-float dtype {dtype} (decode payloads first)")
     for update, name in zip(updates, names, strict=True):
         check_update(update, expected, name)
     out: dict[str, np.ndarray] = {}

@@ -162,6 +162,17 @@ class FederationConfig(_Section):
     round_eval_sentences: int = Field(
         0, ge=0, description="Coordinator validation sentences scored (NER/RE F1) after every round; 0 = loss only."
     )
+    max_size_factor: float | None = Field(
+        10.0,
+        gt=0,
+        description="A site's self-reported size is capped at this × the round's median (≥3 sites); None = no cap.",
+    )
+    max_update_norm: float | None = Field(
+        None, gt=0, description="Exclude a site whose update θ_k − θ has a larger L2 norm (None = no bound)."
+    )
+    norm_outlier_factor: float | None = Field(
+        10.0, gt=1, description="Exclude a site whose update norm exceeds this × the round's median (≥3 sites)."
+    )
     dp: ClientDPConfig = Field(default_factory=ClientDPConfig, description="Client-level DP (off by default).")
     secure_aggregation: bool = Field(
         False,

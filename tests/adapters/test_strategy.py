@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 
@@ -19,11 +20,11 @@ from fedmedlora.federation.messages import (
     NUM_TOKENS,
     SITE_VAL_LOSS,
     TRAIN_LOSS,
-    ReplyValidationError,
     from_record,
     to_record,
 )
-from fedmedlora.federation.strategies import LoraStrategy, make_strategy
+from fedmedlora.federation.strategies import FederationError, LoraStrategy, make_strategy
+from fedmedlora.screening import ScreeningSettings
 
 A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
@@ -174,7 +175,7 @@ def test_fedmedlora_plus_site_losses() -> None:
     s.aggregate_train(1, replies)
     assert s.rounds[1].weights["chia"] > s.rounds[1].weights["phee"] > s.rounds[1].weights["bc5cdr"]
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
-    with pytest.raises(ReplyValidationError, match=r"site bc5cdr \(node 11\): missing metrics \['site-val-loss'\]"):
+    with pytest.raises(FederationError, match=r"site bc5cdr \(node 11\): missing metrics \['site-val-loss'\]"):
         s.aggregate_train(1, [reply(sent[11], site_arrays(1, 1))])
 
 
@@ -182,7 +183,7 @@ def test_fedsa_shares_a_only_then_everything_in_last_round() -> None:
     s = make_strategy(AggregationSettings(rule="fedsa"), num_rounds=2)
     sent = {m.metadata.dst_node_id: m for m in configure(s, 1)}
     assert sent[11].content["config"]["send-private"] is False
-    with pytest.raises(ReplyValidationError, match=r"site bc5cdr \(node 11\): unexpected tensor set.*lora_B"):
+    with pytest.raises(FederationError, match=r"site bc5cdr \(node 11\): unexpected tensor set.*lora_B"):
         s.aggregate_train(1, [reply(sent[11], site_arrays(3, 3))])
     sent = {m.metadata.dst_node_id: m for m in configure(s, 1)}
     arrays, _ = s.aggregate_train(1, [reply(sent[n], {A: site_arrays(v, 0)[A]}) for n, v in ((11, 1), (12, 3))])
@@ -221,12 +222,21 @@ def test_ffa_shares_b_only() -> None:
         ({"extra_metrics": {SITE_VAL_LOSS: float("nan")}}, "site-val-loss is nan"),
     ],
 )
-def test_bad_replies_fail_loudly_naming_the_site(kwargs: dict, match: str) -> None:
+def test_a_bad_reply_excludes_its_site_by_name_and_the_round_goes_on(kwargs: dict, match: str) -> None:
     s = make_strategy(AggregationSettings(), num_rounds=1)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
     arrays = kwargs.pop("arrays", site_arrays(1, 1))
-    with pytest.raises(ReplyValidationError, match=match):
-        s.aggregate_train(1, [reply(sent[11], site_arrays(1, 1)), reply(sent[12], arrays, **kwargs)])
+    out, _ = s.aggregate_train(1, [reply(sent[11], site_arrays(1, 1)), reply(sent[12], arrays, **kwargs)])
+    rlog = s.rounds[1]
+    assert rlog.sites == ["bc5cdr"]
+    np.testing.assert_allclose(from_record(out)[A], 1.0)  # the honest site's update alone
+    ((who, reason),) = rlog.excluded.items()
+    assert who in ("chia", "node 12") and re.search(match, reason), (who, reason)
+    assert any(f.startswith(f"{who}: excluded from round 1") for f in rlog.failures)
+    # alone, the bad reply leaves too few sites: the round fails naming it
+    sent = {m.metadata.dst_node_id: m for m in configure(s)}
+    with pytest.raises(FederationError, match=match):
+        s.aggregate_train(1, [reply(sent[12], arrays, **kwargs)])
 
 
 def test_error_replies_are_recorded_and_too_few_sites_fail() -> None:
@@ -244,8 +254,67 @@ def test_error_replies_are_recorded_and_too_few_sites_fail() -> None:
         s.aggregate_train(1, [reply(sent[11], site_arrays(1, 1))])
 
 
-def test_duplicate_site_names_rejected() -> None:
+def test_duplicate_site_names_exclude_both_claims() -> None:
     s = make_strategy(AggregationSettings(), num_rounds=1)
     sent = {m.metadata.dst_node_id: m for m in configure(s)}
-    with pytest.raises(ReplyValidationError, match="same site"):
+    with pytest.raises(FederationError, match="2 replies claim site chia"):
         s.aggregate_train(1, [reply(sent[11], site_arrays(1, 1), site="chia"), reply(sent[12], site_arrays(1, 1))])
+    sent = {m.metadata.dst_node_id: m for m in configure(s)}
+    s.aggregate_train(
+        1,
+        [
+            reply(sent[11], site_arrays(1, 1), site="chia"),
+            reply(sent[12], site_arrays(1, 1)),
+            reply(sent[13], site_arrays(2, 2)),
+        ],
+    )
+    assert s.rounds[1].sites == ["phee"] and "chia" in s.rounds[1].excluded
+
+
+# ---- a coordinator one hostile site cannot poison (issue 14, item 3) ---------------------------------------------
+
+
+def _three(s, values, per_site=None):
+    sent = {m.metadata.dst_node_id: m for m in configure(s)}
+    per_site = per_site or {}
+    return [reply(sent[n], site_arrays(v, v), **per_site.get(n, {})) for n, v in zip((11, 12, 13), values, strict=True)]
+
+
+def test_a_huge_size_claim_is_capped_at_ten_times_the_median() -> None:
+    s = make_strategy(AggregationSettings(), num_rounds=1)
+    s.aggregate_train(1, _three(s, (1, 2, 3), {13: {"tokens": 1e300}}))
+    w = s.rounds[1].weights
+    assert w["phee"] == pytest.approx(100 / 120)  # 10 × median(10, 10, 1e300) = 100 against 10 + 10
+    assert "capped" in s.rounds[1].screening["phee"]
+    assert all(np.isfinite(list(w.values())))
+
+
+def test_a_scaled_update_is_excluded_as_a_norm_outlier() -> None:
+    s = make_strategy(AggregationSettings(), num_rounds=1)
+    out, _ = s.aggregate_train(1, _three(s, (1.5, 2, 1e6)))
+    assert s.rounds[1].sites == ["bc5cdr", "chia"]
+    assert "norm_outlier_factor" in s.rounds[1].excluded["phee"]
+    assert float(np.abs(from_record(out)[B]).max()) < 3  # the global B stays at the honest sites' scale
+    bounded = make_strategy(
+        AggregationSettings(), num_rounds=1, screening=ScreeningSettings(max_update_norm=5.0, norm_outlier_factor=None)
+    )
+    bounded.aggregate_train(1, _three(bounded, (1.2, 1.3, 10)))
+    assert list(bounded.rounds[1].excluded) == ["phee"] and "max_update_norm=5.0" in bounded.rounds[1].excluded["phee"]
+
+
+def test_a_negative_site_loss_is_excluded_not_given_weight_one() -> None:
+    s = make_strategy(AggregationSettings(rule="fedmedlora+", loss_source="site"), num_rounds=1)
+    losses = {11: 1.0, 12: 1.2, 13: -1e300}
+    s.aggregate_train(1, _three(s, (1, 1, 1), {n: {"extra_metrics": {SITE_VAL_LOSS: v}} for n, v in losses.items()}))
+    assert s.rounds[1].sites == ["bc5cdr", "chia"] and "outside [0" in s.rounds[1].excluded["phee"]
+
+
+def test_a_nan_reply_excludes_one_site_not_the_round() -> None:
+    s = make_strategy(AggregationSettings(), num_rounds=1)
+    sent = {m.metadata.dst_node_id: m for m in configure(s)}
+    nan = site_arrays(1, 1)
+    nan[A][0, 0] = np.nan
+    replies = [reply(sent[11], site_arrays(1, 1)), reply(sent[12], site_arrays(3, 3)), reply(sent[13], nan)]
+    out, _ = s.aggregate_train(1, replies)
+    assert s.rounds[1].sites == ["bc5cdr", "chia"] and "NaN" in s.rounds[1].excluded["phee"]
+    assert np.all(np.isfinite(from_record(out)[A]))

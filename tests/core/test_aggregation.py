@@ -20,6 +20,7 @@ from fedmedlora.aggregation import (
     nbytes,
     shared_keys,
     size_weights,
+    spec_of,
     weighted_mean,
     weights_for,
 )
@@ -204,3 +205,16 @@ def test_core_import_loads_no_torch_or_flwr() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_weighted_mean_blames_the_malformed_first_update_given_the_expected_spec():
+    good = {"w": np.ones((2, 2), np.float32)}
+    odd = {"w": np.ones((3, 2), np.float32)}
+    with pytest.raises(AggregationError, match="site a: w has shape"):
+        weighted_mean([odd, good], [1, 1], sites=["a", "b"], expected=spec_of(good))
+
+
+def test_huge_weights_do_not_overflow_to_an_all_zero_mean():
+    updates = [{"w": np.ones(3, np.float32)}, {"w": np.full(3, 3.0, np.float32)}]
+    out = weighted_mean(updates, [1e308, 1e308], sites=["a", "b"])
+    np.testing.assert_allclose(out["w"], 2.0)

@@ -47,6 +47,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "fedmedlora.runs",
         "fedmedlora.sampling",
         "fedmedlora.schema",
+        "fedmedlora.screening",
         "fedmedlora.segment",
         "fedmedlora.splits",
         "fedmedlora.stopping",

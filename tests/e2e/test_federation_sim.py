@@ -54,7 +54,9 @@ def _assert_only_adapter_traffic(result, adapter_spec: dict[str, tuple[list[int]
             assert "lora_" in t["name"], t["name"]
             assert (t["shape"], t["dtype"]) == adapter_spec[t["name"]], t["name"]
         if rec.direction == "down":
-            assert rec.content["configs"] == {"config": ["compression", "rule", "send-private", "server-round"]}
+            assert rec.content["configs"] == {
+                "config": ["compression", "rule", "secure-aggregation", "send-private", "server-round"]
+            }
             assert rec.content["metrics"] == {}
         else:
             assert rec.content["configs"] == {"info": ["site"]}

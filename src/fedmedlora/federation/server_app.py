@@ -50,6 +50,7 @@ from fedmedlora.lm.adapter_io import ADAPTER_WEIGHTS_FILE
 from fedmedlora.lm.session import get_session
 from fedmedlora.privacy import PrivacyError
 from fedmedlora.runs import FINAL, ROUNDS_FILE, RunDir
+from fedmedlora.screening import ScreeningSettings
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,11 @@ def run_server(
         round_offset=offset,
         node_wait_timeout_s=fed.round_timeout_s,
         compression=fed.compression,
+        screening=ScreeningSettings(
+            max_size_factor=fed.max_size_factor,
+            max_update_norm=fed.max_update_norm,
+            norm_outlier_factor=fed.norm_outlier_factor,
+        ),
         client_dp=client_dp,
         record_dp=cfg.train.dp.enabled,
         secure=SecAggSettings(fed.secagg_threshold, fed.secagg_clipping_range, fed.round_timeout_s)

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmedlora.aggregation import (
+    AggregationError,
     AggregationSettings,
     merge_into,
     shared_keys,
@@ -50,12 +51,14 @@ from fedmedlora.federation.messages import (
     CONFIG_KEY,
     DP_EPSILON,
     DP_REFUSED,
+    INFO_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
     NUM_TOKENS,
     ROUND,
     RULE,
     SEND_PRIVATE,
+    SITE_NAME,
     SITE_VAL_LOSS,
     TRAIN_LOSS,
     VAL_LOSS,
@@ -67,6 +70,8 @@ from fedmedlora.federation.messages import (
     validate_train_reply,
 )
 from fedmedlora.federation.secure_aggregation import SECURE, SecAggSettings, secure_weighted_mean
+from fedmedlora.privacy import global_norm
+from fedmedlora.screening import ScreeningSettings, cap_sizes, screen_losses, screen_norms
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,8 @@ class RoundLog:
     aggregated: float = 0.0
     refused: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    screening: dict[str, str] = field(default_factory=dict)
 
 
 class LoraStrategy(FedAvg):
@@ -126,6 +133,8 @@ class LoraStrategy(FedAvg):
         node_wait_timeout_s: How long to wait for ``min_available_nodes`` before failing (None = forever).
         compression: Adapter transport (``fedmedlora.compression``): ``none``, ``fp16``, ``bf16`` or ``int8``
             (int8 uploads the delta from the sent global with the site's error feedback; downloads use fp16).
+        screening: What a reply may claim (``fedmedlora.screening``): size caps, update-norm and loss checks; a
+            site failing one is excluded from the round and named.
         client_dp: Client-level DP (``fedmedlora.federation.client_dp``): re-clip each update, noise the mean.
         record_dp: The sites train with record-level DP-SGD: they report ``dp-epsilon`` and no train loss, and
             may refuse (``dp-refused``) when their budget is spent.
@@ -150,6 +159,7 @@ class LoraStrategy(FedAvg):
         fraction_evaluate: float = 0.0,
         node_wait_timeout_s: float | None = None,
         compression: str = "none",
+        screening: ScreeningSettings | None = None,
         client_dp: ClientLevelDP | None = None,
         record_dp: bool = False,
         secure: SecAggSettings | None = None,
@@ -176,6 +186,7 @@ class LoraStrategy(FedAvg):
         self.node_wait_timeout_s = node_wait_timeout_s
         self.compression = compression
         self.transport = Transport(compression)
+        self.screening = screening or ScreeningSettings()
         self.client_dp = client_dp
         self.record_dp = record_dp
         self.secure = secure
@@ -289,7 +300,7 @@ class LoraStrategy(FedAvg):
         rlog = self.rounds.setdefault(rnd, RoundLog(round=rnd, rule=self.rule))
         ok = self._valid_replies(rnd, replies, rlog)
         sites = [r.site for r in ok]
-        sizes = [r.metrics[self.weighted_by_key] for r in ok]
+        sizes, rlog.screening = cap_sizes(sites, [r.metrics[self.weighted_by_key] for r in ok], self.screening)
         weights, losses = self.site_weights(ok, sizes)
         if self.client_dp is not None:
             weights = self.client_dp.weights(weights)
@@ -305,7 +316,8 @@ class LoraStrategy(FedAvg):
                 [r.arrays for r in ok], weights, {k: self._global[k] for k in upload}, sites, rnd
             )
         else:
-            mean = weighted_mean([r.arrays for r in ok], weights, sites=sites)
+            spec = {k: v for k, v in spec_of(self._global).items() if k in ok[0].arrays}
+            mean = weighted_mean([r.arrays for r in ok], weights, sites=sites, expected=spec)
         new_global = merge_into(self._global, mean)
         if self.record_dp:
             rlog.privacy["sites"] = {r.site: r.metrics[DP_EPSILON] for r in ok}
@@ -357,11 +369,15 @@ class LoraStrategy(FedAvg):
         return keep, kept, mean, res.bytes_up
 
     def _valid_replies(self, rnd: int, replies: Iterable[Message], rlog: RoundLog) -> list[SiteReply]:
-        """The round's replies that pass the message contract, decoded, sorted by site; failures logged.
+        """The round's replies that pass the message contract and the screening, decoded, sorted by site.
+
+        A reply that breaks the contract (``validate_train_reply``), two replies claiming one site, an update-norm
+        outlier or an implausible loss (``fedmedlora.screening``) exclude that site from the round, named with
+        the reason in ``excluded`` and ``failures``; the round goes on with the others.
 
         Raises:
-            FederationError: fewer than ``min_train_nodes`` valid replies.
-            ReplyValidationError: a reply breaks the contract, or two replies claim one site.
+            PrivacyBudgetSpent: every site that answered refused to train.
+            FederationError: fewer than ``min_train_nodes`` replies left (the message lists every failure).
         """
         ok: list[SiteReply] = []
         for msg in replies:
@@ -371,18 +387,22 @@ class LoraStrategy(FedAvg):
                 log.warning("round %d: node %d failed: %s", rnd, nid, msg.error.reason)
                 continue
             info = describe(msg.content)
-            if self._refused(msg):
-                reply = validate_train_reply(msg, {}, [DP_REFUSED, DP_EPSILON])
-                rlog.refused[reply.site] = reply.metrics[DP_EPSILON]
-                rlog.failures.append(
-                    f"{reply.site}: refused to train, its privacy budget is spent (ε so far "
-                    f"{reply.metrics[DP_EPSILON]:.3f})"
-                )
-                self.site_names[nid] = reply.site
-                log.warning("round %d: site %s refused to train (privacy budget spent)", rnd, reply.site)
+            try:
+                if self._refused(msg):
+                    reply = validate_train_reply(msg, {}, [DP_REFUSED, DP_EPSILON])
+                    rlog.refused[reply.site] = reply.metrics[DP_EPSILON]
+                    rlog.failures.append(
+                        f"{reply.site}: refused to train, its privacy budget is spent (ε so far "
+                        f"{reply.metrics[DP_EPSILON]:.3f})"
+                    )
+                    self.site_names[nid] = reply.site
+                    log.warning("round %d: site %s refused to train (privacy budget spent)", rnd, reply.site)
+                    continue
+                reply = validate_train_reply(msg, self._expected_up, self.required_metrics())
+                reply = replace(reply, arrays=self.transport.receive_up(reply.arrays, self._global))
+            except (ReplyValidationError, AggregationError) as err:
+                self._exclude(rnd, rlog, self._claimed_site(msg), str(err))
                 continue
-            reply = validate_train_reply(msg, self._expected_up, self.required_metrics())
-            reply = replace(reply, arrays=self.transport.receive_up(reply.arrays, self._global))
             self.messages.append(
                 {"round": rnd, "direction": "up", "node_id": nid, "site": reply.site, "type": "train", **info}
             )
@@ -390,13 +410,23 @@ class LoraStrategy(FedAvg):
         # every sampled site without a valid reply is named (crashed nodes send nothing at all, and Flower reports
         # a stopped node's error as coming from node 1, so the error lines above cannot name them)
         answered = {r.node_id for r in ok} | {n for n, name in self.site_names.items() if name in rlog.refused}
+        answered |= {n for n in rlog.sampled_node_ids if self._node_label(n) in rlog.excluded}
         for nid in rlog.sampled_node_ids:
             if nid not in answered:
                 name = self.site_names.get(nid, f"node {nid}")
                 rlog.failures.append(f"{name}: no valid reply in round {rnd} (offline, crashed or timed out)")
                 log.warning("round %d: site %s (node %d) sent no valid reply", rnd, name, nid)
+        claims: dict[str, int] = {}
+        for r in ok:
+            claims[r.site] = claims.get(r.site, 0) + 1
+        for site, n in claims.items():
+            if n > 1:
+                self._exclude(rnd, rlog, site, f"{n} replies claim site {site} (nodes "
+                              f"{sorted(r.node_id for r in ok if r.site == site)})")  # fmt: skip
+        ok = [r for r in ok if claims[r.site] == 1]
         for r in ok:
             self.site_names[r.node_id] = r.site
+        ok = self._screen(rnd, ok, rlog)
         if not ok and rlog.refused:
             raise PrivacyBudgetSpent(
                 f"round {rnd}: every site that answered refused to train (privacy budget spent: "
@@ -407,10 +437,41 @@ class LoraStrategy(FedAvg):
                 f"round {rnd}: {len(ok)} valid site replies, {self.min_train_nodes} required; failures: {rlog.failures}"
             )
         ok.sort(key=lambda r: r.site)
-        sites = [r.site for r in ok]
-        if len(set(sites)) != len(sites):
-            raise ReplyValidationError(f"round {rnd}: two replies claim the same site: {sites}")
         return ok
+
+    def _screen(self, rnd: int, ok: list[SiteReply], rlog: RoundLog) -> list[SiteReply]:
+        """Drop update-norm outliers and implausible losses (``fedmedlora.screening``); SecAgg+ hides updates,
+        so only the scalars are screened there."""
+        sites = [r.site for r in ok]
+        bad: dict[str, str] = {}
+        if self.secure is None and ok:
+            norms = [global_norm({k: r.arrays[k] - self._global[k] for k in r.arrays}) for r in ok]
+            bad.update(screen_norms(sites, norms, self.screening))
+        if SITE_VAL_LOSS in self.required_metrics():
+            bad.update(screen_losses(sites, [r.metrics[SITE_VAL_LOSS] for r in ok]))
+        for site, reason in bad.items():
+            self._exclude(rnd, rlog, site, reason)
+        return [r for r in ok if r.site not in bad]
+
+    def _exclude(self, rnd: int, rlog: RoundLog, who: str, reason: str) -> None:
+        rlog.excluded[who] = reason
+        rlog.failures.append(f"{who}: excluded from round {rnd}: {reason}")
+        log.warning("round %d: %s excluded: %s", rnd, who, reason)
+
+    def _node_label(self, nid: int) -> str:
+        return self.site_names.get(nid, f"node {nid}")
+
+    def _claimed_site(self, msg: Message) -> str:
+        """The name to give a reply that broke the contract: its own short site name if it has a valid one and
+        this node answered under it before, else the name the node is known under, else ``node <id>``."""
+        nid = msg.metadata.src_node_id
+        info = msg.content.config_records.get(INFO_KEY)
+        raw = info.get("site") if info is not None else None
+        known = self.site_names.get(nid)
+        if isinstance(raw, str) and SITE_NAME.match(raw) and (known is None or known == raw):
+            self.site_names.setdefault(nid, raw)
+            return raw
+        return known or f"node {nid}"
 
     @staticmethod
     def _refused(msg: Message) -> bool:
