@@ -7,7 +7,7 @@ Owns the layout every command writes (and nothing else names run files)::
     <run>/rounds.jsonl               one record per federated round (or one per local training call)
     <run>/comm.jsonl                 one record per message: round, site, direction, tensor count, bytes, names
     <run>/federation_state.json      a federation's resume point (``fedmedlora.federation.checkpoint``)
-    <run>/sim_state/round_<N>/       the in-process simulation's per-site state (``federation.simulation``)
+    <run>/site_state/<site>/         the in-process simulation's per-site state (``federation.site_state``)
     <run>/adapters/round_<N>/        PEFT adapter folders (checkpoints); adapters/final/ the final adapter
     <run>/eval/<name>.json|md        evaluation tables, per-document counts, intervals; eval/<name>_outputs.jsonl
                                      the raw generations
@@ -36,7 +36,7 @@ RUN_FILE = "run.json"
 ROUNDS_FILE = "rounds.jsonl"
 COMM_FILE = "comm.jsonl"
 STATE_FILE = "federation_state.json"
-SIM_STATE_DIR = "sim_state"
+SITE_STATE_DIR = "site_state"
 ADAPTERS_DIR = "adapters"
 FINAL = "final"
 EVAL_DIR = "eval"

@@ -94,6 +94,7 @@ class Deployment:
             private_key=key or self.key(site)[0],
             root_certificates=self.tls.ca_cert,
             port=d.free_port(),
+            extra_node_config={"state-dir": str(self.root / "site-state" / site)},  # durable, as a hospital runs it
         )
         name = name or f"supernode-{site}"
         proc = d.start_process(

@@ -124,16 +124,18 @@ def test_resume_refuses_a_different_rule(world: Path, tmp_path: Path) -> None:
 
 
 def test_fedsa_uploads_a_only_and_keeps_b_at_the_site(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.federation.site_state import run_key
     from fedmedlora.lm.adapter_io import load_adapter_arrays
 
-    res = _run(world, tmp_path / "fedsa", _cfg(world, "fedsa", 2))
+    cfg = _cfg(world, "fedsa", 2)
+    res = _run(world, tmp_path / "fedsa", cfg)
     up1 = [r for r in res.wire if r.direction == "up"][:3]
     up2 = [r for r in res.wire if r.direction == "up"][3:]
     assert all(t["name"].endswith("lora_A.weight") for r in up1 for t in r.content["tensors"])
     assert any(t["name"].endswith("lora_B.weight") for t in up2[0].content["tensors"])  # last round: full adapter
     assert res.rounds[1]["val_loss"] == pytest.approx(res.rounds[0]["val_loss"])  # server B stays 0 during training
-    saved = sorted(str(p.relative_to(tmp_path / "fedsa" / "sim_state")) for p in (tmp_path / "fedsa").rglob("*.pb"))
-    assert saved == [f"round_{r}/{s}.pb" for r in (1, 2) for s in SITES]
+    saved = sorted(str(p.relative_to(tmp_path / "fedsa" / "site_state")) for p in (tmp_path / "fedsa").rglob("*.pb"))
+    assert saved == [f"{s}/{run_key(cfg)}/round_{r}.pb" for s in SITES for r in (1, 2)]
     init = load_adapter_arrays(tmp_path / "fedsa" / "adapters" / "round_0")
     assert any(np.abs(res.arrays[k]).sum() > 0 for k in init if "lora_B" in k)
 
@@ -159,9 +161,10 @@ def test_resume_after_a_crash_mid_round_restores_site_state_of_the_checkpoint(wo
     with pytest.raises(Crash):
         run_federation(cfg, tmp_path / "crash", data_dir=world / "bench", client_app=dies_in_round_3)
     assert json.loads((tmp_path / "crash" / "federation_state.json").read_text())["round"] == 2
-    assert (
-        tmp_path / "crash" / "sim_state" / "round_3" / "alpha.pb"
-    ).is_file()  # alpha trained round 3, then the crash
+    from fedmedlora.federation.site_state import run_key
+
+    # alpha trained round 3, then the crash: its round-3 state is on disk, and resume must not start from it
+    assert (tmp_path / "crash" / "site_state" / "alpha" / run_key(cfg) / "round_3.pb").is_file()
     resumed = _run(world, tmp_path / "crash", cfg, resume=True)
     assert [r["round"] for r in resumed.rounds] == [0, 1, 2, 3, 4]
     for k in full.arrays:

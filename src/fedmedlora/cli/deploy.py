@@ -136,10 +136,22 @@ def deploy_supernode(
     superlink: str = typer.Option("127.0.0.1:9092", "--superlink", help="SuperLink host:port."),
     port: int = typer.Option(9094, help="Local port of this node's runtime API (one per node on a machine)."),
     trusted_entities: Path = typer.Option(None, help="YAML of Ed25519 keys whose signed apps this node runs."),
+    state_dir: Path = typer.Option(
+        None,
+        "--state-dir",
+        help="Site-local folder for the state a site carries between rounds (FedSA's B, optimiser, DP ledger); "
+        "written atomically every round, survives restarts. Default: <data>/<site>.state",
+    ),
+    privacy_ledger: Path = typer.Option(
+        None, "--privacy-ledger", help="JSON file of this site's DP-SGD ledger across runs (docs/privacy.md)."
+    ),
     background: Path = StateOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the command."),
 ) -> None:
     """Start a hospital's SuperNode (authenticated with its key; its notes stay in --data)."""
+    extra = {"state-dir": str((state_dir or data / f"{site}.state").resolve())}
+    if privacy_ledger is not None:
+        extra["privacy-ledger"] = str(privacy_ledger.resolve())
     try:
         args = deploy.supernode_command(
             superlink=superlink,
@@ -149,6 +161,7 @@ def deploy_supernode(
             root_certificates=ca,
             port=port,
             trusted_entities=trusted_entities,
+            extra_node_config=extra,
         )
         _launch(f"supernode-{site}", args, background, dry_run)
     except deploy.DeployError as e:

@@ -49,10 +49,12 @@ from fedmedlora.federation.messages import (
     TRAIN_STEPS,
     VAL_LOSS,
     from_record,
+    message_round,
     to_record,
 )
 from fedmedlora.federation.secure_aggregation import SECURE, secure_aggregation_mod, stash_update
 from fedmedlora.federation.site import cached_site_examples, site_of, site_seed
+from fedmedlora.federation.site_state import restore
 from fedmedlora.lm.session import get_session
 from fedmedlora.lm.train import TrainSettings, validation_loss
 from fedmedlora.privacy import PrivacyBudgetExceeded, PrivacyLedger, clip_update
@@ -115,6 +117,7 @@ def train(msg: Message, context: Context) -> Message:
     site, data_dir = site_of(context, cfg)
     config: ConfigRecord = msg.content[CONFIG_KEY]
     rnd = int(config[ROUND])
+    store = restore(context, cfg, site, rnd)  # the node's durable state (node config state-dir), if it keeps one
     rule = str(config.get(RULE, cfg.federation.strategy))
     send_private = bool(config.get(SEND_PRIVATE, False))
     transport = Transport(str(config.get(COMPRESSION, "none")))
@@ -143,6 +146,8 @@ def train(msg: Message, context: Context) -> Message:
         )
     except PrivacyBudgetExceeded as refusal:
         log.warning("%s", refusal)
+        if store is not None:
+            store.save(context.state, rnd)
         return _refusal(msg, site, refusal)
     finally:
         _set_lora_a_trainable(session.model, True)
@@ -187,6 +192,8 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({METRICS_KEY: MetricRecord(metrics), INFO_KEY: ConfigRecord({"site": site})})
     if not secure:
         content[ARRAYS_KEY] = to_record(payload)
+    if store is not None:  # before the reply leaves: a crash after it cannot lose what the coordinator counted
+        store.save(state, rnd)
     return Message(content, reply_to=msg)
 
 
@@ -206,6 +213,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Federated evaluation: loss of the received global adapter on this site's dev split."""
     cfg = RunConfig.from_flower_run_config(context.run_config)
     site, data_dir = site_of(context, cfg)
+    rnd = message_round(msg)
+    if rnd is not None:
+        restore(context, cfg, site, rnd + 1)  # evaluation of round r follows its training: state ≤ r
     session = get_session(cfg)
     arrays = from_record(msg.content[ARRAYS_KEY], "server")
     if cfg.federation.strategy == "fedsa" and (private := _state_arrays(context.state, FEDSA_PRIVATE_KEY)):

@@ -10,9 +10,10 @@ run, a worker process per virtual node holding its own copy of the model, and an
 ``partition-id``-only ``node_config`` in its Python API (see docs/federation.md for the measurements). This driver
 calls the *same* ``server_app.app`` and ``client_app.app`` objects with the same ``Message``/``Context`` types, so
 the apps run unchanged on the Deployment Engine (``flwr run`` with SuperLink/SuperNodes). Sites run one after the
-other; their per-node state is saved next to the run after every reply (``sim_state/round_<r>/<site>.pb``,
-protobuf, not pickle), and resume restores each site's state as it was at the checkpointed round (a site that
-replied in a round that was then interrupted does not carry that round's state into the resumed run).
+other; each keeps its state in ``site_state/<site>/`` under the run folder through the same code a hospital's
+SuperNode runs (``fedmedlora.federation.site_state``: protobuf, not pickle; a site answering round r starts from
+its newest state before r, so a site that replied in a round that was then interrupted does not carry that
+round's state into the resumed run).
 
 May import flwr; torch only through the apps.
 """
@@ -32,9 +33,8 @@ import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import message_from_proto, message_to_proto, recorddict_from_proto, recorddict_to_proto
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=no-name-in-module
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -43,11 +43,11 @@ from fedmedlora.benchmark import load_benchmark
 from fedmedlora.config import RunConfig
 from fedmedlora.federation import client_app as client_module
 from fedmedlora.federation import server_app as server_module
-from fedmedlora.federation.checkpoint import checkpointed_round
-from fedmedlora.federation.messages import describe, message_round
+from fedmedlora.federation.messages import describe
 from fedmedlora.federation.site import default_data_dir
+from fedmedlora.federation.site_state import STATE_DIR_KEY
 from fedmedlora.lm.adapter_io import load_adapter_arrays
-from fedmedlora.runs import FINAL, ROUNDS_FILE, SIM_STATE_DIR, RunDir
+from fedmedlora.runs import FINAL, ROUNDS_FILE, SITE_STATE_DIR, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,15 @@ class InProcessGrid(Grid):
         client_app: The ClientApp every node runs.
         contexts: node id → that node's ``Context`` (node_config, state, run_config).
         run: The run these messages belong to.
-        state_dir: If set, each node's ``context.state`` is saved there after every reply, under the round of
-            the message it answered (and loaded by ``load_states``), so a resumed simulation keeps per-site state.
+
+    Per-site state is the sites' own business (``fedmedlora.federation.site_state``): each virtual node's
+    ``node_config`` names a ``state-dir`` under the run folder, exactly as a hospital's SuperNode does.
     """
 
-    def __init__(
-        self, client_app: ClientApp, contexts: dict[int, Context], run: Run, state_dir: Path | None = None
-    ) -> None:
+    def __init__(self, client_app: ClientApp, contexts: dict[int, Context], run: Run) -> None:
         self.client_app = client_app
         self.contexts = contexts
         self._run = run
-        self.state_dir = state_dir
         self.wire: list[WireRecord] = []
         self._pending: dict[str, bytes] = {}
         self._replies: dict[str, Message] = {}
@@ -153,7 +151,6 @@ class InProcessGrid(Grid):
         back.ParseFromString(wire)
         reply = message_from_proto(back)
         self._record("up", node, reply, len(wire))
-        self.save_state(node, message_round(msg))
         return reply
 
     def _record(self, direction: str, node: int, msg: Message, size: int) -> None:
@@ -164,51 +161,6 @@ class InProcessGrid(Grid):
         else:
             rec.content = describe(msg.content)
         self.wire.append(rec)
-
-    # -- per-site state ------------------------------------------------------------------------------------------
-    def _site(self, node: int) -> str:
-        return str(self.contexts[node].node_config["site"])
-
-    def _state_files(self, node: int) -> dict[int, Path]:
-        """round -> saved state file of ``node``."""
-        if self.state_dir is None or not self.state_dir.is_dir():
-            return {}
-        name = f"{self._site(node)}.pb"
-        return {
-            int(d.name.removeprefix("round_")): d / name
-            for d in self.state_dir.glob("round_*")
-            if d.name.removeprefix("round_").isdigit() and (d / name).is_file()
-        }
-
-    def save_state(self, node: int, server_round: int | None) -> None:
-        """Save ``node``'s state as it is after answering a message of ``server_round`` (``None``: a message
-        outside the rounds; it replaces the node's newest save).
-
-        Keeps the two newest rounds per site: while round r runs, the last checkpoint is r - 1 or r, and the
-        newest state at or before it is one of those two."""
-        if self.state_dir is None:
-            return
-        if server_round is None:
-            server_round = max(self._state_files(node), default=0)
-        path = self.state_dir / f"round_{server_round}" / f"{self._site(node)}.pb"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        tmp.write_bytes(recorddict_to_proto(self.contexts[node].state).SerializeToString())
-        tmp.replace(path)
-        files = self._state_files(node)
-        for rnd in sorted(files)[:-2]:
-            files[rnd].unlink()
-            if not any(files[rnd].parent.iterdir()):
-                files[rnd].parent.rmdir()
-
-    def load_states(self, upto_round: int) -> None:
-        """Restore each node's state as it was at the end of ``upto_round`` (its newest save at or before it)."""
-        for node, ctx in self.contexts.items():
-            files = {r: p for r, p in self._state_files(node).items() if r <= upto_round}
-            if files:
-                proto = ProtoRecordDict()
-                proto.ParseFromString(files[max(files)].read_bytes())
-                ctx.state = recorddict_from_proto(proto)
 
 
 @dataclass
@@ -279,17 +231,17 @@ def run_federation(
         FIRST_NODE_ID + i: Context(
             run_id=run_id,
             node_id=FIRST_NODE_ID + i,
-            node_config={"site": site, "data-dir": str(data_path)},
+            node_config={
+                "site": site,
+                "data-dir": str(data_path),
+                STATE_DIR_KEY: str((run_path / SITE_STATE_DIR / site).resolve()),
+            },
             state=RecordDict(),
             run_config=dict(run_cfg),
         )
         for i, site in enumerate(site_list)
     }
-    grid = InProcessGrid(client_app or client_module.app, contexts, run, state_dir=run_path / SIM_STATE_DIR)
-    if resume:
-        done = checkpointed_round(run_path)
-        if done is not None:  # otherwise the ServerApp refuses to resume, naming the missing file
-            grid.load_states(done)
+    grid = InProcessGrid(client_app or client_module.app, contexts, run)
     server_ctx = Context(
         run_id=run_id,
         node_id=SUPERLINK_NODE_ID,
