@@ -7,6 +7,8 @@ is imported here; the layers that load torch, transformers or flwr (``fedmedlora
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -18,6 +20,7 @@ from fedmedlora.cli.common import (
     SetOpt,
     fail,
     json_fields,
+    report_unexpected,
     resolve,
     user_errors,
     with_adapter_prompting,
@@ -26,13 +29,25 @@ from fedmedlora.cli.data import data_app
 from fedmedlora.cli.deploy import deploy_app
 from fedmedlora.runs import RunDir, eval_file
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+# no locals in tracebacks, ever: a frame's locals hold clinical note text (issue 15)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0], pretty_exceptions_show_locals=False
+)
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
 
 
 def main() -> None:  # console-script entry point
-    app()
+    """Run the CLI; an unexpected error becomes one line naming the command, the error type and the log file
+    that holds the traceback (no locals, no note text on the terminal). ``FEDMEDLORA_DEBUG=1`` re-raises."""
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as err:  # everything the commands did not turn into a one-line user error
+        if os.environ.get("FEDMEDLORA_DEBUG"):
+            raise
+        raise SystemExit(report_unexpected(err, sys.argv[1:2])) from None
 
 
 # ---- single-site / centralized / zero-shot training, extraction, evaluation (fedmedlora.lm.train, .evaluate) ----

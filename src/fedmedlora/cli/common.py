@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+import traceback
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedmedlora.config import ConfigError, RunConfig, load_config
 from fedmedlora.jsonl import JsonlError
@@ -90,3 +94,35 @@ def with_adapter_prompting(cfg: RunConfig, adapter: Path) -> RunConfig:
         }
     )
     return cfg.model_copy(update=update)
+
+
+def log_dir() -> Path:
+    """Where unexpected errors' tracebacks go: ``$FEDMEDLORA_LOG_DIR``, else ``~/.cache/fedmedlora/logs``."""
+    raw = os.environ.get("FEDMEDLORA_LOG_DIR")
+    return Path(raw) if raw else Path.home() / ".cache" / "fedmedlora" / "logs"
+
+
+def report_unexpected(err: BaseException, command: list[str]) -> int:
+    """Write the traceback (frames and source lines, no locals) to a log file and print one line that names the
+    command, the error type, where in fedmedlora it happened and the log — never the message, which may quote a
+    note. OS errors name their file. Returns the exit code (1)."""
+    name = command[0] if command else "fedmedlora"
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in frames if f"{os.sep}fedmedlora{os.sep}" in f.filename]
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    path_note = f" on {err.filename}" if isinstance(err, OSError) and getattr(err, "filename", None) else ""
+    log_note = ""
+    try:
+        folder = log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
+        log.write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+        log_note = f"; the traceback is in {log} (it may quote input text)"
+    except OSError:
+        log_note = "; no log could be written (set FEDMEDLORA_LOG_DIR)"
+    message = (
+        f"fedmedlora {name} failed unexpectedly: {type(err).__name__}{path_note}{where}{log_note}. "
+        "Set FEDMEDLORA_DEBUG=1 to raise it here."
+    )
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return 1
