@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +21,18 @@ from fedmedlora.privacy import CLIENT_DP_WEIGHTS, UNITS
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are never a sensible setting (train.learning_rate=inf trains to NaN)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: Any) -> Any:
+        """``train.max_steps=true`` is a mistake, not 1: a bool only where the field is a bool."""
+        if isinstance(v, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in get_args(annotation) and annotation is not Any:
+                raise ValueError(f"expected a number or text, got the boolean {v}")
+        return v
 
 
 class ModelConfig(_Section):

@@ -64,3 +64,17 @@ def test_bad_override_values_are_config_errors():
         load_config(None, ["model.name=[foo"])
     with pytest.raises(ConfigError, match="seed"):
         load_config(None, ["seed=-1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("train.learning_rate=inf", "train.learning_rate"),
+        ("train.dp.noise_multiplier=.nan", "train.dp.noise_multiplier"),
+        ("train.max_steps=true", "train.max_steps"),
+        ("eval.batch_size=false", "eval.batch_size"),
+    ],
+)
+def test_nonsense_numbers_are_refused_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, [override])

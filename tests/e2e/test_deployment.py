@@ -201,6 +201,22 @@ def test_certs_have_the_sans_and_chain_to_the_ca(tmp_path: Path) -> None:
         deploy.generate_certs(tmp_path / "bad", sans=["coord.example.org"])
 
 
+def test_an_existing_ca_is_kept_unless_forced(tmp_path: Path) -> None:
+    from fedmedlora import deploy
+
+    files = deploy.generate_certs(tmp_path / "c", bits=2048)
+    ca = files.ca_cert.read_bytes()
+    with pytest.raises(deploy.DeployError, match=r"already holds ca\.crt"):
+        deploy.generate_certs(tmp_path / "c", bits=2048)
+    assert files.ca_cert.read_bytes() == ca
+    deploy.generate_certs(tmp_path / "c", bits=2048, force=True)
+    assert files.ca_cert.read_bytes() != ca
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ca.crt", "ca.key", "server.key", "server.pem"]
+    with pytest.raises(deploy.DeployError, match="subjectAltName"):
+        deploy.generate_certs(tmp_path / "d", sans=["bad"], bits=2048)
+    assert list((tmp_path / "d").iterdir()) == []  # nothing partial left behind
+
+
 def test_node_keys_are_ecdsa_384_and_never_overwritten(tmp_path: Path) -> None:
     from fedmedlora import deploy
 

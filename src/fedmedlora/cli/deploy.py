@@ -60,10 +60,11 @@ def deploy_certs(
         None, "--san", help="Extra subjectAltName, e.g. DNS:coord.example.org or IP:10.0.0.5."
     ),
     days: int = typer.Option(365, help="Validity in days."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing CA (every hospital needs the new ca.crt)."),
 ) -> None:
     """Self-signed CA + SuperLink certificate FOR TEST DEPLOYMENTS (production: your PKI; see deploy/README.md)."""
     try:
-        files = deploy.generate_certs(out, sans=san or (), days=days)
+        files = deploy.generate_certs(out, sans=san or (), days=days, force=force)
     except deploy.DeployError as e:
         raise fail(str(e)) from None
     typer.echo(

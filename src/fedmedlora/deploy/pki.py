@@ -8,6 +8,7 @@ key pairs SuperNodes authenticate with (``ssh-keygen``; same as ``deploy/gen_nod
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ class TLSFiles:
                 raise DeployError(f"TLS file {p} does not exist (run `fedmedlora deploy certs` or deploy/gen_certs.sh)")
 
 
-def generate_certs(out_dir: str | Path, *, sans: Sequence[str] = (), days: int = 365, bits: int = 4096) -> TLSFiles:
+def generate_certs(
+    out_dir: str | Path, *, sans: Sequence[str] = (), days: int = 365, bits: int = 4096, force: bool = False
+) -> TLSFiles:
     """Create a self-signed CA and a SuperLink certificate signed by it (FOR TEST DEPLOYMENTS).
 
     Same result as ``deploy/gen_certs.sh``. The certificate's subjectAltName always holds ``localhost``,
@@ -51,16 +54,36 @@ def generate_certs(out_dir: str | Path, *, sans: Sequence[str] = (), days: int =
         sans: Extra subjectAltName entries such as ``DNS:coordinator.example.org`` or ``IP:10.0.0.5``.
         days: Validity.
         bits: RSA key size (tests may use 2048 to save time).
+        force: replace an existing CA and certificate (every hospital's ``ca.crt`` then has to be replaced too).
 
     Returns:
         The paths written.
 
     Raises:
-        DeployError: openssl missing or failing, or a malformed SAN entry.
+        DeployError: openssl missing or failing, a malformed SAN entry, or ``out_dir`` already holding a CA or
+            certificate (without ``force``). The files appear all together or not at all.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = TLSFiles.in_dir(out)
+    final = TLSFiles.in_dir(out)
+    present = [p.name for p in (final.ca_cert, final.ca_key, final.server_cert, final.server_key) if p.exists()]
+    if present and not force:
+        raise DeployError(
+            f"{out} already holds {', '.join(present)}: every hospital's ca.crt is signed by that CA, so it is kept; "
+            "use --force to replace it (and redistribute ca.crt)"
+        )
+    staging = Path(tempfile.mkdtemp(prefix=".certs-", dir=out))
+    try:
+        files = _generate_certs(TLSFiles.in_dir(staging), sans, days, bits)
+        for src, dst in ((files.ca_cert, final.ca_cert), (files.ca_key, final.ca_key),
+                         (files.server_cert, final.server_cert), (files.server_key, final.server_key)):  # fmt: skip
+            src.replace(dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _generate_certs(files: TLSFiles, sans: Sequence[str], days: int, bits: int) -> TLSFiles:
     san = ["DNS:localhost", "IP:127.0.0.1", "IP:::1"]
     for s in sans:
         if not re.fullmatch(r"(DNS|IP):[A-Za-z0-9.:*-]+", s):
