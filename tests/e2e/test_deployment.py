@@ -449,3 +449,21 @@ def test_dpsgd_with_secure_aggregation_over_tls_matches_the_simulation(
     assert r["privacy"]["sites"] == pytest.approx(sim.rounds[1]["privacy"]["sites"], rel=1e-9)
     final, expected = _final(run_dir), sim.arrays
     assert max(float(np.abs(final[k] - expected[k]).max()) for k in final) < 2e-4
+
+
+def test_connection_address_is_checked_and_a_failed_call_leaves_the_file(tmp_path: Path) -> None:
+    from fedmedlora import deploy
+
+    home = tmp_path / "home"
+    path = deploy.write_connection(home, "h", "127.0.0.1:9093", insecure=True)
+    before = path.read_text()
+    for bad in ('evil"]\nx = "1:1', "not an address", "", ":99999", "host:0", "host:port"):
+        with pytest.raises(deploy.DeployError, match="address"):
+            deploy.write_connection(home, "h2", bad, insecure=True)
+        assert path.read_text() == before
+    deploy.write_connection(home, "v6", "[::1]:9093", insecure=True)
+    assert (home / "config.toml.bak").read_text() == before
+    path.write_text("[superlink\nbroken", encoding="utf-8")
+    with pytest.raises(deploy.DeployError, match="not valid TOML"):
+        deploy.write_connection(home, "h3", "127.0.0.1:1", insecure=True)
+    assert path.read_text() == "[superlink\nbroken"

@@ -9,9 +9,12 @@ SuperNode whose key the SuperLink refused. Builds argument lists only; starting 
 from __future__ import annotations
 
 import re
+import shutil
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+
+import tomli_w
 
 from fedmedlora.deploy.pki import TLSFiles
 from fedmedlora.deploy.tools import DeployError, _tool
@@ -24,21 +27,45 @@ UNREGISTERED_KEY_MARKER = "Failed to activate SuperNode"
 # ---- the flwr CLI's connection configuration -------------------------------------------------------------------
 
 
-def connection_toml(
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)$")
+
+
+def check_address(address: str) -> str:
+    """``host:port`` with a plain host name, IPv4 or ``[IPv6]`` and a port in 1–65535.
+
+    Raises:
+        DeployError: naming what is wrong with the address.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not _HOST.match(host):
+        raise DeployError(f"address {address!r}: expected host:port, e.g. coordinator.example.org:9093")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise DeployError(f"address {address!r}: the port must be a number in 1-65535")
+    return address
+
+
+def _connection_table(
     name: str, address: str, *, root_certificates: str | Path | None = None, insecure: bool = False
-) -> str:
-    """The ``[superlink.<name>]`` section of ``$FLWR_HOME/config.toml`` (root certificate made absolute)."""
+) -> dict[str, str | bool]:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise DeployError(f"connection name {name!r}: use letters, digits, '_', '-'")
-    lines = [f"[superlink.{name}]", f'address = "{address}"']
+    table: dict[str, str | bool] = {"address": check_address(address)}
     if insecure:
-        lines.append("insecure = true")
+        table["insecure"] = True
     elif root_certificates is not None:
         ca = Path(root_certificates).resolve()
         if not ca.is_file():
             raise DeployError(f"root certificate {ca} does not exist")
-        lines.append(f'root-certificates = "{ca}"')
-    return "\n".join(lines) + "\n"
+        table["root-certificates"] = str(ca)
+    return table
+
+
+def connection_toml(
+    name: str, address: str, *, root_certificates: str | Path | None = None, insecure: bool = False
+) -> str:
+    """The ``[superlink.<name>]`` section of ``$FLWR_HOME/config.toml`` (root certificate made absolute)."""
+    table = _connection_table(name, address, root_certificates=root_certificates, insecure=insecure)
+    return tomli_w.dumps({"superlink": {name: table}})
 
 
 def write_connection(
@@ -51,22 +78,36 @@ def write_connection(
 ) -> Path:
     """Add (or replace) the connection ``name`` in ``<flwr_home>/config.toml``; other sections are kept.
 
+    Everything is validated before the file is touched; the new file is written with a TOML library, atomically
+    (temporary file + rename), and the previous one is kept as ``config.toml.bak``. A failed call leaves the file
+    as it was.
+
     Returns:
         The config file path.
+
+    Raises:
+        DeployError: a bad name, address or certificate path, or an existing config that is not valid TOML.
     """
+    table = _connection_table(name, address, root_certificates=root_certificates, insecure=insecure)
     home = Path(flwr_home)
-    home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
-    section = connection_toml(name, address, root_certificates=root_certificates, insecure=insecure)
-    text = path.read_text(encoding="utf-8") if path.is_file() else '[superlink]\ndefault = "local"\n\n' \
-        '[superlink.local]\naddress = ":local:"\n'  # fmt: skip
-    # drop an existing [superlink.<name>] block (up to the next table header)
-    text = re.sub(rf"(?ms)^\[superlink\.{re.escape(name)}\]\n.*?(?=^\[|\Z)", "", text).rstrip() + "\n\n"
-    path.write_text(text + section, encoding="utf-8")
-    try:
-        tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise DeployError(f"{path}: not valid TOML after adding [superlink.{name}]: {e}") from None
+    if path.is_file():
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise DeployError(f"{path}: not valid TOML ({e}); fix or move it, it was left as it is") from None
+    else:
+        doc = {"superlink": {"default": "local", "local": {"address": ":local:"}}}
+    superlink = doc.setdefault("superlink", {})
+    if not isinstance(superlink, dict):
+        raise DeployError(f"{path}: 'superlink' is not a table; fix or move the file, it was left as it is")
+    superlink[name] = table
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.partial")
+    tmp.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    if path.is_file():
+        shutil.copy2(path, path.with_suffix(".toml.bak"))
+    tmp.replace(path)
     return path
 
 
