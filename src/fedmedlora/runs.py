@@ -20,6 +20,7 @@ Also ``peak_rss_mb`` (the peak memory recorded in run records). Pure core: must 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -57,11 +58,50 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
+class RunDirError(ValueError):
+    """An output folder that a new run must not write into (a file, not writable, foreign, another kind of run)."""
+
+
+def check_output_dir(path: str | Path, command: str = "") -> None:
+    """Refuse, before any work, an output folder a new run of ``command`` would damage.
+
+    Allowed: a missing or empty folder, or a folder that already holds a run of the same ``command`` (a study
+    goes on where it stopped; each command refuses to redo its own finished parts).
+
+    Raises:
+        RunDirError: the path is a file, cannot be written, holds files but no ``run.json`` (not a fedmedlora run
+            folder: its files are never overwritten), or holds a run of another command.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise RunDirError(f"{p}: is a file; --out must be a folder (a new one, or a run folder of this command)")
+    existing = p if p.exists() else next((q for q in p.parents if q.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise RunDirError(f"{p}: cannot write there ({existing} is not writable)")
+    if not p.is_dir() or not any(p.iterdir()):
+        return
+    run_file = p / RUN_FILE
+    if not run_file.is_file():
+        raise RunDirError(
+            f"{p}: the folder is not empty and is not a fedmedlora run folder (no {RUN_FILE}); its files would be "
+            "overwritten: choose a new --out folder"
+        )
+    try:
+        old = json.loads(run_file.read_text(encoding="utf-8")).get("command", "")
+    except (OSError, ValueError, AttributeError):
+        raise RunDirError(f"{run_file}: unreadable; choose a new --out folder") from None
+    if command and old and old != command:
+        raise RunDirError(f"{p}: holds a {old!r} run; a {command!r} run needs a folder of its own")
+
+
 class RunDir:
-    """A run's output folder. Creating one with a config writes ``config.yaml`` first."""
+    """A run's output folder. Creating one with a config checks the folder (``check_output_dir``) and writes
+    ``config.yaml`` first."""
 
     def __init__(self, path: str | Path, config: RunConfig | None = None, *, command: str = "", **info: Any):
         self.path = Path(path)
+        if config is not None:
+            check_output_dir(self.path, command)
         self.path.mkdir(parents=True, exist_ok=True)
         if config is not None:
             config.save(self.path / CONFIG_FILE)
