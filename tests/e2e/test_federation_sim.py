@@ -256,3 +256,16 @@ def test_misspelled_site_and_changed_config_are_refused(world: Path, tmp_path: P
     _run(world, tmp_path / "one", _cfg(world, "fedmedlora", 1))
     with pytest.raises(ResumeError, match=r"configuration changed.*train.max_steps"):
         _run(world, tmp_path / "one", _cfg(world, "fedmedlora", 2, "train.max_steps=3"), resume=True)
+
+
+def test_an_interrupted_federation_says_so_in_run_json(world: Path, tmp_path: Path) -> None:
+    from fedmedlora.federation import client_app as client_module
+    from fedmedlora.federation.simulation import run_federation
+
+    def interrupted(msg, ctx):  # what SIGTERM does under `fedmedlora` (SystemExit) or Ctrl-C (KeyboardInterrupt)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(_cfg(world), tmp_path / "run", data_dir=world / "bench", client_app=interrupted)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["error"].startswith("KeyboardInterrupt")

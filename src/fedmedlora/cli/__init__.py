@@ -8,6 +8,7 @@ is imported here; the layers that load torch, transformers or flwr (``fedmedlora
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -37,9 +38,15 @@ app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:  # console-script entry point
     """Run the CLI; an unexpected error becomes one line naming the command, the error type and the log file
     that holds the traceback (no locals, no note text on the terminal). ``FEDMEDLORA_DEBUG=1`` re-raises."""
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so every run folder records how it ended
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app(standalone_mode=True)
     except SystemExit:

@@ -106,6 +106,17 @@ def run_server(
     if not resume and (run_path / ROUNDS_FILE).is_file():
         raise ResumeError(f"{run_path} already holds a federated run; resume it or choose a new folder")
     run = RunDir(run_path) if resume else RunDir(run_path, cfg, command="federation", setting=cfg.federation.strategy)
+    try:
+        return _run_server(grid, cfg, run, run_path, resume=resume, data_dir=data_dir)
+    except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or failed: run.json says so, never "running"
+        status = "interrupted" if isinstance(e, KeyboardInterrupt | SystemExit) else "failed"
+        run.finish(status, error=f"{type(e).__name__}: {e}"[:500])
+        raise
+
+
+def _run_server(
+    grid: Grid, cfg: RunConfig, run: RunDir, run_path: Path, *, resume: bool, data_dir: str | Path | None
+) -> ServerOutcome:
     settings = aggregation_settings(cfg)
     fed = cfg.federation
     session = get_session(cfg)
