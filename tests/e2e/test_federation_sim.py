@@ -259,7 +259,6 @@ def test_misspelled_site_and_changed_config_are_refused(world: Path, tmp_path: P
 
 
 def test_an_interrupted_federation_says_so_in_run_json(world: Path, tmp_path: Path) -> None:
-    from fedmedlora.federation import client_app as client_module
     from fedmedlora.federation.simulation import run_federation
 
     def interrupted(msg, ctx):  # what SIGTERM does under `fedmedlora` (SystemExit) or Ctrl-C (KeyboardInterrupt)
