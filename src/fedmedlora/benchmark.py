@@ -98,9 +98,24 @@ class Benchmark:
         return self.root / site / f"{split}.jsonl"
 
     def load(self, site: str, split: str) -> list[Document]:
-        """The documents of ``site``/``split`` (validated). An absent split file means no documents."""
+        """The documents of ``site``/``split`` (validated). An absent split file means no documents.
+
+        Raises:
+            BenchmarkError: a document whose ``site``/``split`` contradict its file, or a document id twice in it.
+        """
         p = self.path(site, split)
-        return read_documents(p) if p.is_file() else []
+        docs = read_documents(p) if p.is_file() else []
+        seen: set[str] = set()
+        for line, d in enumerate(docs, 1):
+            if d.site != site or d.split != split:
+                raise BenchmarkError(
+                    f"{p}:{line}: document {d.id!r} says site={d.site!r}, split={d.split!r}, but the file is "
+                    f"{site}/{split}.jsonl"
+                )
+            if d.id in seen:
+                raise BenchmarkError(f"{p}:{line}: document id {d.id!r} appears twice")
+            seen.add(d.id)
+        return docs
 
     def load_server_validation(self) -> list[Document]:
         """The coordinator's small labelled validation set (empty list if the benchmark has none)."""
@@ -137,6 +152,8 @@ def load_benchmark(root: str | Path | None = None) -> Benchmark:
         data = json.loads(mf.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise BenchmarkError(f"{mf}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise BenchmarkError(f"{mf}: not UTF-8 text (byte {e.start})") from None
     if not isinstance(data, dict) or not isinstance(data.get("sites"), dict):
         raise BenchmarkError(f"{mf}: sites: missing or not an object")
     sites = {}
@@ -151,9 +168,14 @@ def load_benchmark(root: str | Path | None = None) -> Benchmark:
             ls = LabelSet.from_dict(s.get("label_set") or {})
         except ValueError as e:
             raise BenchmarkError(f"{where}.label_set: {e}") from None
-        sites[name] = SiteInfo(
-            name, role, ls, str(s.get("source", "")), str(s.get("licence", "")), dict(s.get("n_docs") or {})
-        )
+        n_docs = s.get("n_docs") or {}
+        if not isinstance(n_docs, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in n_docs.values()
+        ):
+            raise BenchmarkError(f"{where}.n_docs: expected split -> document count, got {n_docs!r}")
+        if not (root / name).is_dir():
+            raise BenchmarkError(f"{where}: the manifest lists site {name!r} but {root / name} does not exist")
+        sites[name] = SiteInfo(name, role, ls, str(s.get("source", "")), str(s.get("licence", "")), dict(n_docs))
     seed = data.get("seed", 0)
     if not isinstance(seed, int):
         raise BenchmarkError(f"{mf}: seed: expected an integer, got {seed!r}")
@@ -165,3 +187,29 @@ def load_benchmark(root: str | Path | None = None) -> Benchmark:
         server_validation=data.get("server_validation") or None,
         manifest=data,
     )
+
+
+def check_benchmark(bench: Benchmark) -> list[str]:
+    """Everything that would make a study on ``bench`` wrong without an error elsewhere: documents in two splits of
+    a site, documents whose label set differs from the manifest's, and the per-file checks of ``Benchmark.load``.
+    Returns the problems found (empty: the benchmark is consistent)."""
+    problems: list[str] = []
+    for site, info in bench.sites.items():
+        where: dict[str, str] = {}
+        for split in SPLITS:
+            try:
+                docs = bench.load(site, split)
+            except (BenchmarkError, ValueError) as e:
+                problems.append(str(e))
+                continue
+            odd = [d for d in docs if d.label_set != info.label_set]
+            if odd:
+                problems.append(
+                    f"{bench.path(site, split)}: {len(odd)} document(s), e.g. {odd[0].id!r}, have label set "
+                    f"{odd[0].label_set.to_dict()}; the manifest says {info.label_set.to_dict()}"
+                )
+            for d in docs:
+                if d.id in where:
+                    problems.append(f"{site}: document {d.id!r} is in both {where[d.id]} and {split}")
+                where.setdefault(d.id, split)
+    return problems

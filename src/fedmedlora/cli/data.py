@@ -49,6 +49,26 @@ def data_prepare(
     typer.echo(f"wrote {out} (benchmark.json, <site>/{{train,dev,test}}.jsonl, stats.md, stats.json)")
 
 
+@data_app.command("check")
+def data_check(root: Path = typer.Argument(None, help="Benchmark folder (default: the bundled sample).")) -> None:
+    """Check a benchmark: every site's folder, document ids unique and in one split, document site/split/label set
+    agreeing with the file and the manifest. Exits 1 listing every problem."""
+    from fedmedlora.benchmark import check_benchmark
+
+    try:
+        bench = load_benchmark(root)
+    except (BenchmarkError, JsonlError, ValueError) as e:
+        raise fail(str(e)) from None
+    problems = check_benchmark(bench)
+    for p in problems:
+        typer.echo(f"problem: {p}")
+    n_sites = len(bench.sites)
+    if problems:
+        typer.echo(f"{bench.root}: {len(problems)} problem(s) in {n_sites} sites")
+        raise typer.Exit(1)
+    typer.echo(f"{bench.root}: {n_sites} sites, every check passed")
+
+
 @data_app.command("stats")
 def data_stats(
     root: Path = typer.Argument(None, help="Benchmark folder (default: the bundled sample)."),
