@@ -12,6 +12,7 @@ the entities predicted by the NER pass (``heads="predicted"``, end-to-end extrac
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from fedmedlora.schema import Document, Entity, LabelSet, Modifier, Sentence
 from fedmedlora.segment import split_sentences
 
 GenerateFn = Callable[[list[str]], list[str]]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,11 +147,22 @@ def read_notes(paths: Sequence[Path]) -> list[tuple[str, str]]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            notes.extend(read_notes(sorted(x for x in p.iterdir() if x.suffix in (".txt", ".jsonl"))))
+            files = sorted(x for x in p.iterdir() if x.is_file())
+            taken = [x for x in files if x.suffix.lower() in (".txt", ".jsonl")]
+            skipped = [x.name for x in files if x not in taken and not x.name.startswith(".")]
+            if skipped:  # said, not silent: the user pointed at the folder, not at these files
+                logger.warning(
+                    "%s: reading %d .txt/.jsonl file(s), skipping %d other file(s): %s",
+                    p,
+                    len(taken),
+                    len(skipped),
+                    ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
+                )
+            notes.extend(read_notes(taken))
             continue
         if not p.is_file():
             raise NotesError(f"{p}: no such file")
-        if p.suffix == ".jsonl":
+        if p.suffix.lower() == ".jsonl":
             for n, obj in iter_json_lines(p, NotesError):
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                     raise NotesError(f"{p}:{n}: text: expected an object with a string 'text' field")

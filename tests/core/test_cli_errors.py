@@ -46,3 +46,26 @@ def test_debug_reraises(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fedmedlora", "extract", str(note), "--out", str(tmp_path / "p.jsonl")])
     with pytest.raises(ZeroDivisionError):
         main()
+
+
+def test_an_adapter_of_another_base_model_is_refused(tmp_path, monkeypatch, capsys):
+    import json
+
+    import typer
+
+    from fedmedlora.cli.common import with_adapter_prompting
+    from fedmedlora.config import load_config
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}))
+    (adapter / "fedmedlora.json").write_text(
+        json.dumps({"format_version": 1, "meta": {"base_model": "/models/Llama-3.1-8B"}})
+    )
+    with pytest.raises(typer.Exit):
+        with_adapter_prompting(load_config(), adapter)  # the default SmolLM2
+    assert "trained on base model '/models/Llama-3.1-8B'" in " ".join(capsys.readouterr().err.split())
+    cfg = with_adapter_prompting(load_config(overrides=["model.name=/models/Llama-3.1-8B"]), adapter)
+    assert cfg.lora.r == 4
+    monkeypatch.setenv("FEDMEDLORA_ALLOW_BASE_MISMATCH", "1")
+    assert with_adapter_prompting(load_config(), adapter).lora.r == 4

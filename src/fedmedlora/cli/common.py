@@ -69,10 +69,21 @@ def user_errors():
     return tuple(errors)
 
 
+ALLOW_MISMATCH = "FEDMEDLORA_ALLOW_BASE_MISMATCH"
+
+
+def _same_base(a: str, b: str) -> bool:
+    """The same base model: the same id, or two paths to the same folder/file."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 def with_adapter_prompting(cfg: RunConfig, adapter: Path) -> RunConfig:
     """Use what the adapter was trained with: its LoRA shape (``adapter_config.json``: r, alpha, target modules) and
     its prompt format / chat-template choice (``fedmedlora.json``), so training and inference cannot drift apart."""
-    from fedmedlora.lm.adapter_io import read_adapter_meta
+    from fedmedlora.lm.adapter_io import adapter_meta, read_adapter_meta
 
     try:
         meta = read_adapter_meta(adapter)
@@ -80,6 +91,12 @@ def with_adapter_prompting(cfg: RunConfig, adapter: Path) -> RunConfig:
     except (OSError, ValueError) as e:
         raise fail(f"{adapter}: not an adapter folder ({e})") from None
     meta = meta.get("meta", meta)
+    trained_on, loading = meta.get("base_model"), adapter_meta(cfg)["base_model"]
+    if trained_on and not _same_base(str(trained_on), str(loading)) and not os.environ.get(ALLOW_MISMATCH):
+        raise fail(
+            f"{adapter}: trained on base model {trained_on!r}, but the config loads {loading!r}; an adapter only "
+            f"fits its own base: set -s model.name=... (or {ALLOW_MISMATCH}=1 if it is the same model moved)"
+        )
     update = {}
     if "format" in meta:
         update["data"] = cfg.data.model_copy(update={"format": meta["format"]})
