@@ -268,3 +268,18 @@ def test_an_interrupted_federation_says_so_in_run_json(world: Path, tmp_path: Pa
         run_federation(_cfg(world), tmp_path / "run", data_dir=world / "bench", client_app=interrupted)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "interrupted" and run["error"].startswith("KeyboardInterrupt")
+
+
+def test_a_site_with_corrupt_data_is_named_by_its_site_name(world: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bench = tmp_path / "bench"
+    shutil.copytree(world / "bench", bench)
+    (bench / "beta" / "train.jsonl").write_text('{"id": "broken"\n', encoding="utf-8")
+    from fedmedlora.federation.simulation import run_federation
+
+    cfg = _cfg(world, "fedmedlora", 1, "federation.min_sites=2")
+    res = run_federation(cfg, tmp_path / "run", data_dir=bench)
+    r = res.rounds[1]
+    assert r["sites"] == ["alpha", "gamma"]
+    assert any(f.startswith("beta: ") and "train.jsonl" in f for f in r["failures"]), r["failures"]

@@ -207,9 +207,14 @@ def fed_run(
         raise fail(str(e)) from None
     last = result.rounds[-1] if result.rounds else {}
     typer.echo(
-        f"run folder: {result.run_dir} ({len(result.rounds) - 1} rounds, sites {', '.join(result.sites)}, "
-        f"last val loss {last.get('val_loss')}, {result.seconds:.1f} s)"
+        f"run folder: {result.run_dir} ({len(result.rounds) - 1} rounds, last val loss {last.get('val_loss')}, "
+        f"{result.seconds:.1f} s)"
     )
+    for r in result.rounds[1:]:  # who actually contributed, round by round, and who did not
+        line = f"  round {r['round']}: aggregated {', '.join(r.get('sites', [])) or 'nobody'}"
+        if r.get("failures"):
+            line += f"; left out: {'; '.join(r['failures'])}"
+        typer.echo(line)
     spent = last.get("privacy") or {}
     if "sites" in spent:
         eps = ", ".join(f"{s} {e:.2f}" for s, e in spent["sites"].items())

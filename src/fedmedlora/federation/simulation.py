@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,10 @@ class InProcessGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
+
+    def get_nodes(self) -> list[SimpleNamespace]:
+        """Node id and site name of every node (as the Deployment Engine reports a registered node's name)."""
+        return [SimpleNamespace(node_id=n, name=str(c.node_config.get("site", ""))) for n, c in self.contexts.items()]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

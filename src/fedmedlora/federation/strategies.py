@@ -383,8 +383,8 @@ class LoraStrategy(FedAvg):
         for msg in replies:
             nid = msg.metadata.src_node_id
             if msg.has_error():
-                rlog.failures.append(f"node {nid}: {msg.error.reason}")
-                log.warning("round %d: node %d failed: %s", rnd, nid, msg.error.reason)
+                rlog.failures.append(f"{self._node_label(nid)}: {msg.error.reason}")
+                log.warning("round %d: %s (node %d) failed: %s", rnd, self._node_label(nid), nid, msg.error.reason)
                 continue
             info = describe(msg.content)
             try:
