@@ -209,3 +209,16 @@ def test_resume_refuses_a_new_round_count_when_the_noise_was_calibrated(world: P
     longer = _cfg(world, "federation.rounds=2", "federation.dp.target_epsilon=20")
     with pytest.raises(ResumeError, match="calibrated by target_epsilon for 1 rounds"):
         run_federation(longer, tmp_path / "run", resume=True, data_dir=world / "bench")
+
+
+def test_dpsgd_with_secure_aggregation_two_rounds(world: Path, tmp_path: Path) -> None:
+    """The issue's end-to-end check: DP-SGD + SecAgg+, 2 rounds, 3 sites; ε in rounds.jsonl = a direct accountant
+    call, and every round summed all three sites without any tensor reaching the coordinator."""
+    cfg = _cfg(world, "train.dp.noise_multiplier=2.0", "federation.secure_aggregation=true")
+    result = _run(world, tmp_path / "run", cfg)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    for r in rounds[1:]:
+        for site, docs in zip(SITES, DOCS, strict=True):
+            assert r["privacy"]["sites"][site] == pytest.approx(_site_epsilon(2.0, min(1.0, 2 / docs), 2, r["round"]))
+        assert r["privacy"]["secure_aggregation"] == {"sites": SITES, "dropped": []}
+    assert all(rec.content["tensors"] == [] for rec in result.wire if rec.direction == "up")
