@@ -222,3 +222,29 @@ def test_dpsgd_with_secure_aggregation_two_rounds(world: Path, tmp_path: Path) -
             assert r["privacy"]["sites"][site] == pytest.approx(_site_epsilon(2.0, min(1.0, 2 / docs), 2, r["round"]))
         assert r["privacy"]["secure_aggregation"] == {"sites": SITES, "dropped": []}
     assert all(rec.content["tensors"] == [] for rec in result.wire if rec.direction == "up")
+
+
+def test_a_round_re_run_after_a_crash_is_counted_twice_in_the_ledger(world: Path, tmp_path: Path) -> None:
+    """alpha trains (and releases) round 2, then the coordinator dies before checkpointing it; the resumed run
+    re-trains round 2 from alpha's round-1 state, but alpha's ledger keeps the first release: 3 entries, not 2."""
+    from fedmedlora.federation import client_app as client_module
+    from fedmedlora.federation.simulation import run_federation
+
+    class Crash(BaseException):
+        pass
+
+    def dies_in_round_2(msg, ctx):
+        config = msg.content.config_records.get("config")
+        if ctx.node_config["site"] == "beta" and config is not None and config["server-round"] == 2:
+            raise Crash
+        return client_module.app(msg, ctx)
+
+    cfg = _cfg(world, "train.dp.noise_multiplier=2.0")
+    with pytest.raises(Crash):
+        run_federation(cfg, tmp_path / "run", data_dir=world / "bench", client_app=dies_in_round_2)
+    run_federation(cfg, tmp_path / "run", resume=True, data_dir=world / "bench")
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    eps = rounds[2]["privacy"]["sites"]
+    assert eps["alpha"] == pytest.approx(_site_epsilon(2.0, 1.0, 2, 3))  # round 2 released twice
+    assert eps["beta"] == pytest.approx(_site_epsilon(2.0, 2 / 3, 2, 2))  # beta crashed before training

@@ -95,14 +95,18 @@ def load_ledger(context: Context, site: str) -> PrivacyLedger:
         return (
             PrivacyLedger.from_json(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else PrivacyLedger()
         )
-    record = context.state.config_records.get(DP_LEDGER_KEY)
-    return PrivacyLedger.from_json(str(record["json"]), f"site {site} state") if record else PrivacyLedger()
+    return _ledger_in(context.state, site) or PrivacyLedger()
 
 
-def save_ledger(context: Context, ledger: PrivacyLedger) -> None:
+def _ledger_in(state: RecordDict, site: str) -> PrivacyLedger | None:
+    record = state.config_records.get(DP_LEDGER_KEY)
+    return PrivacyLedger.from_json(str(record["json"]), f"site {site} state") if record else None
+
+
+def save_ledger(context: Context, ledger: PrivacyLedger, *, to_file: bool = True) -> None:
     """Write the ledger where ``load_ledger`` reads it (the file atomically, before the reply leaves)."""
     path = _ledger_file(context)
-    if path is not None:
+    if path is not None and to_file:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(ledger.to_json(), encoding="utf-8")
@@ -117,7 +121,16 @@ def train(msg: Message, context: Context) -> Message:
     site, data_dir = site_of(context, cfg)
     config: ConfigRecord = msg.content[CONFIG_KEY]
     rnd = int(config[ROUND])
+    spent_before = load_ledger(context, site) if cfg.train.dp.enabled else None
     store = restore(context, cfg, site, rnd)  # the node's durable state (node config state-dir), if it keeps one
+    if store is not None and spent_before is not None:
+        # the privacy ledger never goes back with the state: a round re-run after a coordinator crash was
+        # released the first time too, so the longest ledger seen (memory or newest save) is kept
+        newest = store.load_newest()
+        known = [spent_before, *([_ledger_in(newest, site)] if newest is not None else [])]
+        longest = max((led for led in known if led is not None), key=lambda led: len(led.entries))
+        if len(longest.entries) > len(load_ledger(context, site).entries):
+            save_ledger(context, longest, to_file=False)
     rule = str(config.get(RULE, cfg.federation.strategy))
     send_private = bool(config.get(SEND_PRIVATE, False))
     transport = Transport(str(config.get(COMPRESSION, "none")))

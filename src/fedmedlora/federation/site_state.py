@@ -101,6 +101,14 @@ class SiteStateStore:
         r = max(older)
         return self.load(older[r], r)
 
+    def load_newest(self) -> RecordDict | None:
+        """The newest saved state of any round (``None``: none saved)."""
+        rounds = self.rounds()
+        if not rounds:
+            return None
+        r = max(rounds)
+        return self.load(rounds[r], r)
+
     def save(self, state: RecordDict, round_: int) -> Path:
         """Write ``state`` as the state after ``round_`` (atomic), keep the ``KEEP`` newest rounds."""
         self.folder.mkdir(parents=True, exist_ok=True)
