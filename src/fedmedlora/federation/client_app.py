@@ -125,12 +125,10 @@ def train(msg: Message, context: Context) -> Message:
     store = restore(context, cfg, site, rnd)  # the node's durable state (node config state-dir), if it keeps one
     if store is not None and spent_before is not None:
         # the privacy ledger never goes back with the state: a round re-run after a coordinator crash was
-        # released the first time too, so the longest ledger seen (memory or newest save) is kept
+        # released the first time too, so the longest ledger seen (memory, newest save, restored) is kept
         newest = store.load_newest()
-        known = [spent_before, *([_ledger_in(newest, site)] if newest is not None else [])]
-        longest = max((led for led in known if led is not None), key=lambda led: len(led.entries))
-        if len(longest.entries) > len(load_ledger(context, site).entries):
-            save_ledger(context, longest, to_file=False)
+        known = [spent_before, load_ledger(context, site), *([_ledger_in(newest, site)] if newest else [])]
+        save_ledger(context, max((led for led in known if led), key=lambda led: len(led.entries)), to_file=False)
     rule = str(config.get(RULE, cfg.federation.strategy))
     send_private = bool(config.get(SEND_PRIVATE, False))
     transport = Transport(str(config.get(COMPRESSION, "none")))

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from fedmedlora.config import DPSGDConfig
-from fedmedlora.privacy import LedgerEntry, PrivacyBudgetExceeded, PrivacyError, PrivacyLedger
+from fedmedlora.privacy import PrivacyBudgetExceeded, PrivacyError, PrivacyLedger
 
 IGNORE_INDEX = -100
 
@@ -133,22 +133,25 @@ def plan_dpsgd(
     return DPPlan(sigma, q, steps, expected, num_records, dp.max_grad_norm, dp.delta)
 
 
-def check_budget(ledger: PrivacyLedger, plan: DPPlan, max_epsilon: float | None, who: str = "this site") -> float:
-    """ε after this call; raises before anything is trained when it would pass ``max_epsilon``.
+def check_budget(
+    ledger: PrivacyLedger, after: PrivacyLedger, delta: float, max_epsilon: float | None, who: str = "this site"
+) -> float:
+    """ε of ``after`` (``ledger`` plus this call's entry); raises before anything is trained when it would pass
+    ``max_epsilon``.
 
     Raises:
         PrivacyBudgetExceeded: ε after the call would exceed ``max_epsilon`` (the message gives both values).
     """
-    spent = epsilon_of(ledger, plan.delta)
-    after = epsilon_of(ledger.with_entry(LedgerEntry(plan.noise_multiplier, plan.sample_rate, plan.steps)), plan.delta)
-    if max_epsilon is not None and after > max_epsilon:
+    eps_after = epsilon_of(after, delta)
+    if max_epsilon is not None and eps_after > max_epsilon:
+        spent = epsilon_of(ledger, delta)
         raise PrivacyBudgetExceeded(
-            f"{who}: privacy budget: ε would reach {after:.3f} > train.dp.max_epsilon={max_epsilon} "
-            f"(spent so far {spent:.3f} at δ={plan.delta}); not training",
+            f"{who}: privacy budget: ε would reach {eps_after:.3f} > train.dp.max_epsilon={max_epsilon} "
+            f"(spent so far {spent:.3f} at δ={delta}); not training",
             spent,
-            after,
+            eps_after,
         )
-    return after
+    return eps_after
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -223,56 +226,54 @@ def dpsgd_steps(
         generator=noise,
     )
     stats = DPStepStats()
-    quiet = warnings.catch_warnings()
-    quiet.__enter__()
     # Opacus's hooks fire on module outputs because the frozen base takes no input gradient: expected here
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    try:
-        for _ in range(plan.steps):
-            start = time.perf_counter()
-            dp_opt.zero_grad(set_to_none=True)
-            chosen = (torch.rand(num_records, generator=sampler) < plan.sample_rate).nonzero().flatten().tolist()
-            slot = {r: k for k, r in enumerate(chosen)}
-            summed = [torch.zeros((len(chosen), *p.shape), dtype=p.dtype, device=p.device) for p in params]
-            examples = [i for r in chosen for i in by_record[r]]
-            total_loss = 0.0
-            for begin in range(0, len(examples), micro_batch):
-                chunk = examples[begin : begin + micro_batch]
-                batch = {k: v.to(device) for k, v in collate_fn(chunk).items()}
-                out = gsm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-                losses = per_example_loss(out.logits, batch["labels"])
-                losses.sum().backward()
-                rows = torch.tensor([slot[records[i]] for i in chunk], device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        try:
+            for _ in range(plan.steps):
+                start = time.perf_counter()
+                dp_opt.zero_grad(set_to_none=True)
+                chosen = (torch.rand(num_records, generator=sampler) < plan.sample_rate).nonzero().flatten().tolist()
+                slot = {r: k for k, r in enumerate(chosen)}
+                summed = [torch.zeros((len(chosen), *p.shape), dtype=p.dtype, device=p.device) for p in params]
+                examples = [i for r in chosen for i in by_record[r]]
+                total_loss = 0.0
+                for begin in range(0, len(examples), micro_batch):
+                    chunk = examples[begin : begin + micro_batch]
+                    batch = {k: v.to(device) for k, v in collate_fn(chunk).items()}
+                    out = gsm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                    losses = per_example_loss(out.logits, batch["labels"])
+                    losses.sum().backward()
+                    rows = torch.tensor([slot[records[i]] for i in chunk], device=device)
+                    for buf, p in zip(summed, params, strict=True):
+                        if p.grad_sample is None:
+                            raise PrivacyError(
+                                "DP-SGD: a LoRA tensor got no per-sample gradient (is gradient checkpointing on?)"
+                            )
+                        buf.index_add_(0, rows, p.grad_sample.to(buf.dtype))
+                        p.grad_sample = None
+                        p.grad = None
+                    total_loss += float(losses.detach().sum())
+                    stats.seen_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                    stats.input_tokens += int(batch["attention_mask"].sum())
                 for buf, p in zip(summed, params, strict=True):
-                    if p.grad_sample is None:
-                        raise PrivacyError(
-                            "DP-SGD: a LoRA tensor got no per-sample gradient (is gradient checkpointing on?)"
-                        )
-                    buf.index_add_(0, rows, p.grad_sample.to(buf.dtype))
-                    p.grad_sample = None
-                    p.grad = None
-                total_loss += float(losses.detach().sum())
-                stats.seen_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                stats.input_tokens += int(batch["attention_mask"].sum())
-            for buf, p in zip(summed, params, strict=True):
-                p.grad_sample = buf
-            dp_opt.step()
-            scheduler.step()
-            step_loss = total_loss / len(examples) if examples else float("nan")
-            stats.losses.append(step_loss)
-            stats.sampled_records.append(len(chosen))
-            stats.sampled_examples.append(len(examples))
-            stats.step_seconds.append(time.perf_counter() - start)
-            if on_step is not None:
-                on_step(step_loss)
-    finally:
-        quiet.__exit__(None, None, None)
-        dp_opt.zero_grad(set_to_none=True)
-        gsm.remove_hooks()
-        for p in params:
-            for attr in ("grad_sample", "summed_grad", "_processed"):
-                if hasattr(p, attr):
-                    delattr(p, attr)
+                    p.grad_sample = buf
+                dp_opt.step()
+                scheduler.step()
+                step_loss = total_loss / len(examples) if examples else float("nan")
+                stats.losses.append(step_loss)
+                stats.sampled_records.append(len(chosen))
+                stats.sampled_examples.append(len(examples))
+                stats.step_seconds.append(time.perf_counter() - start)
+                if on_step is not None:
+                    on_step(step_loss)
+        finally:
+            dp_opt.zero_grad(set_to_none=True)
+            gsm.remove_hooks()
+            for p in params:
+                for attr in ("grad_sample", "summed_grad", "_processed"):
+                    if hasattr(p, attr):
+                        delattr(p, attr)
     return stats
 
 

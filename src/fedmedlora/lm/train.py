@@ -44,7 +44,7 @@ from pydantic import Field
 
 from fedmedlora.config import RunConfig, TrainConfig
 from fedmedlora.lm.adapter_io import get_adapter_arrays, set_adapter_arrays
-from fedmedlora.lm.dp import DPReport, check_budget, dpsgd_steps, epsilon_of, plan_dpsgd
+from fedmedlora.lm.dp import DPReport, check_budget, dpsgd_steps, plan_dpsgd
 from fedmedlora.lm.model import encode_prompt, encode_target, model_device
 from fedmedlora.privacy import LedgerEntry, PrivacyError, PrivacyLedger, record_ids
 
@@ -389,7 +389,7 @@ def train_local(
     if settings.keep_optimizer_state and optimizer_state:
         import_optimizer_state(optimizer, names, optimizer_state)
     dp = settings.dp
-    plan = records = None
+    plan = None
     if dp.enabled:
         if settings.gradient_checkpointing or settings.autocast != "none":
             raise PrivacyError("train.dp: DP-SGD runs without gradient checkpointing and without autocast")
@@ -403,17 +403,22 @@ def train_local(
             epochs=settings.epochs,
             calls=settings.dp_calls,
         )
-        check_budget(privacy_ledger or PrivacyLedger(), plan, dp.max_epsilon)
+        spent = privacy_ledger or PrivacyLedger()
+        entry = LedgerEntry(
+            plan.noise_multiplier, plan.sample_rate, plan.steps, round=settings.dp_round, run=settings.dp_run
+        )
+        after = spent.with_entry(entry)
+        epsilon = check_budget(spent, after, plan.delta, dp.max_epsilon)
     total_steps = plan.steps if plan is not None else _total_steps(len(data.examples), settings)
     scheduler = _make_scheduler(optimizer, settings, total_steps)
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if plan is not None and records is not None:
+    if plan is not None:
         return _train_dp(
             model,
             data,
             records,
-            plan,
+            DPReport(plan, after, epsilon),
             settings,
             params,
             names,
@@ -421,7 +426,6 @@ def train_local(
             scheduler,
             pad_id,
             device,
-            privacy_ledger or PrivacyLedger(),
             progress,
         )
     if settings.gradient_checkpointing:
@@ -484,7 +488,7 @@ def _train_dp(
     model: Any,
     data: EncodedDataset,
     records: list[int],
-    plan: Any,
+    report: DPReport,
     settings: TrainSettings,
     params: list[torch.nn.Parameter],
     names: list[str],
@@ -492,10 +496,11 @@ def _train_dp(
     scheduler: Any,
     pad_id: int,
     device: torch.device,
-    ledger: PrivacyLedger,
     progress: bool,
 ) -> TrainResult:
-    """The DP-SGD branch of ``train_local`` (``fedmedlora.lm.dp.dpsgd_steps``) and its ``TrainResult``."""
+    """The DP-SGD branch of ``train_local`` (``fedmedlora.lm.dp.dpsgd_steps``) and its ``TrainResult``;
+    ``report`` holds the plan and the ledger/ε after this call, checked against the budget already."""
+    plan = report.plan
     model.train()
     start = time.perf_counter()
     bar = _progress(plan.steps, progress, "train (DP-SGD)")
@@ -522,9 +527,7 @@ def _train_dp(
         bar.close()
         model.eval()
     seconds = time.perf_counter() - start
-    ledger = ledger.with_entry(
-        LedgerEntry(plan.noise_multiplier, plan.sample_rate, plan.steps, round=settings.dp_round, run=settings.dp_run)
-    )
+    report.sampled_records, report.sampled_examples = stats.sampled_records, stats.sampled_examples
     finite = [x for x in stats.losses if math.isfinite(x)]
     return TrainResult(
         arrays=get_adapter_arrays(model),
@@ -540,7 +543,7 @@ def _train_dp(
         num_seen_tokens=stats.seen_tokens,
         num_input_tokens=stats.input_tokens,
         step_seconds=stats.step_seconds,
-        privacy=DPReport(plan, ledger, epsilon_of(ledger, plan.delta), stats.sampled_records, stats.sampled_examples),
+        privacy=report,
     )
 
 
