@@ -128,8 +128,9 @@ class SiteStateStore:
                 os.close(fd)
         except OSError:
             pass
-        for r in sorted(self.rounds())[:-KEEP]:
-            self.rounds()[r].unlink(missing_ok=True)
+        saved = self.rounds()
+        for r in sorted(saved)[:-KEEP]:
+            saved[r].unlink(missing_ok=True)
         return path
 
 
