@@ -162,6 +162,13 @@ class FederationConfig(_Section):
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(1, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0)
+    rejoin_wait_s: float = Field(
+        120.0,
+        ge=0,
+        description="A site whose node goes offline mid-round (its heartbeats stop: crash, SIGKILL, reboot) gets this "
+        "many seconds to come back online; it is then sent the round's instruction again and its durable site state "
+        "makes the re-run give the same reply. 0: drop it from the round as soon as Flower reports it unavailable.",
+    )
     compression: Literal[METHODS] = Field(
         "none",
         description="Adapter transport: 'none' (float32), 'fp16'/'bf16' both ways, or 'int8' uploads of the delta "

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedmedlora.deploy.loopback import CONNECTION, LoopbackDeployment
 from tinymodel import build_tiny_world, tiny_world_config
 
 pytestmark = pytest.mark.skipif(
@@ -29,7 +30,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 SITES = ["alpha", "beta", "gamma"]
-CONNECTION = "hospitals"
 START_TIMEOUT = 120.0  # a process to come up / a node to be online
 RUN_TIMEOUT = 900.0  # a whole 2-round run
 
@@ -42,7 +42,7 @@ def world(tmp_path_factory) -> Path:
     return build_tiny_world(tmp_path_factory.mktemp("deployworld"), SITES, [2, 3, 4])
 
 
-def _cfg(world: Path, *, rounds: int = 2, min_sites: int = 3):
+def _cfg(world: Path, *, rounds: int = 2, min_sites: int = 3, rejoin: float = 0.0):
     """Deployment config: sites are whoever connects (``federation.sites`` unset), at least ``min_sites``."""
     return tiny_world_config(
         world,
@@ -50,95 +50,24 @@ def _cfg(world: Path, *, rounds: int = 2, min_sites: int = 3):
         f"federation.rounds={rounds}",
         f"federation.min_sites={min_sites}",
         "federation.round_timeout_s=900",
+        f"federation.rejoin_wait_s={rejoin}",
     )
 
 
 # ---- the deployment ------------------------------------------------------------------------------------------
 
 
-class Deployment:
-    """One coordinator (SuperLink, TLS + node auth, on-disk state) and one SuperNode per site, on loopback."""
+class Deployment(LoopbackDeployment):
+    """The library's loopback deployment (TLS SuperLink with node auth, one SuperNode per site) + test helpers."""
 
-    def __init__(self, root: Path, data_dir: Path) -> None:
+    def __init__(self, root: Path, data_dir: Path, *, resident_model: bool = False) -> None:
         from fedmedlora import deploy
 
+        super().__init__(root, data_dir, SITES, resident_model=resident_model, start_timeout=START_TIMEOUT)
         self.d = deploy
-        self.root = root
-        self.data_dir = data_dir
-        self.state = root / "pids"
-        self.operator_home = root / "home" / "operator"
-        self.tls = deploy.generate_certs(root / "certs", bits=2048)
-        self.port = deploy.free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.superlink = None
-        self.nodes: dict[str, object] = {}
-        self.node_ids: dict[str, int] = {}
-
-    def start_superlink(self) -> None:
-        d = self.d
-        args = d.superlink_command(tls=self.tls, port=self.port, database=self.root / "superlink.db")
-        self.superlink = d.start_process(
-            "superlink", args, state_dir=self.state, env=d.flower_env(self.root / "home" / "superlink"), cwd=self.root
-        )
-        self.superlink.wait_for_log(r"Uvicorn running on https://", START_TIMEOUT)
-
-    def key(self, site: str) -> tuple[Path, Path]:
-        return self.d.generate_node_key(self.root / "keys", site)
-
-    def start_node(self, site: str, *, name: str | None = None, key: Path | None = None):
-        d = self.d
-        args = d.supernode_command(
-            superlink=self.address,
-            site=site,
-            data_dir=self.data_dir,
-            private_key=key or self.key(site)[0],
-            root_certificates=self.tls.ca_cert,
-            port=d.free_port(),
-            extra_node_config={"state-dir": str(self.root / "site-state" / site)},  # durable, as a hospital runs it
-        )
-        name = name or f"supernode-{site}"
-        proc = d.start_process(
-            name, args, state_dir=self.state, env=d.flower_env(self.root / "home" / name), cwd=self.root
-        )
-        if key is None:
-            self.nodes[site] = proc
-        return proc
-
-    def up(self) -> None:
-        d = self.d
-        self.start_superlink()
-        d.write_connection(self.operator_home, CONNECTION, self.address, root_certificates=self.tls.ca_cert)
-        for site in SITES:
-            public = self.key(site)[1]
-            self.node_ids[site] = d.register_node(public, CONNECTION, flwr_home=self.operator_home, name=site)
-            self.start_node(site)
-        self.wait_online()
-
-    def wait_online(self, sites=SITES) -> None:
-        self.d.wait_for_nodes(
-            CONNECTION, [self.node_ids[s] for s in sites], flwr_home=self.operator_home, timeout=START_TIMEOUT
-        )
 
     def status_of_nodes(self) -> dict[int, str]:
         return {int(n["node-id"]): n["status"] for n in self.d.list_nodes(CONNECTION, flwr_home=self.operator_home)}
-
-    def submit(self, cfg, run_dir: Path, *, resume: bool = False) -> int:
-        d = self.d
-        app = d.write_app_dir(
-            run_dir.parent / f"{run_dir.name}_app",
-            d.app_config(cfg, run_dir=run_dir, server_data_dir=self.data_dir),
-        )
-        overrides = {"resume": True} if resume else None
-        return d.submit_run(app, CONNECTION, flwr_home=self.operator_home, overrides=overrides)
-
-    def wait(self, run_id: int, timeout: float = RUN_TIMEOUT) -> dict:
-        return self.d.wait_for_run(run_id, CONNECTION, flwr_home=self.operator_home, timeout=timeout)
-
-    def logs(self, run_id: int) -> str:
-        return self.d.run_logs(run_id, CONNECTION, flwr_home=self.operator_home)
-
-    def down(self) -> None:
-        self.d.stop_recorded(self.state)
 
 
 @pytest.fixture(scope="module")

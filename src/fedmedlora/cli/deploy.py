@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+import time
 from pathlib import Path
 
 import typer
@@ -146,14 +147,26 @@ def deploy_supernode(
     privacy_ledger: Path = typer.Option(
         None, "--privacy-ledger", help="JSON file of this site's DP-SGD ledger across runs (docs/privacy.md)."
     ),
+    resident_model: bool = typer.Option(
+        False,
+        "--resident-model",
+        help="Also start a site worker that keeps the model loaded between rounds (socket <state-dir>/worker.sock; "
+        "its log and PID go to --background, else to the state dir). Each round then skips loading the model.",
+    ),
+    threads: int = typer.Option(0, "--threads", help="torch threads of the resident worker (0: torch's default)."),
     background: Path = StateOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the command."),
 ) -> None:
     """Start a hospital's SuperNode (authenticated with its key; its notes stay in --data)."""
-    extra = {"state-dir": str((state_dir or data / f"{site}.state").resolve())}
+    state = (state_dir or data / f"{site}.state").resolve()
+    extra = {"state-dir": str(state)}
     if privacy_ledger is not None:
         extra["privacy-ledger"] = str(privacy_ledger.resolve())
     try:
+        if resident_model:
+            sock = state / "worker.sock"
+            _start_worker(site, sock, threads, background or state, dry_run)
+            extra[deploy.SITE_WORKER_NODE_KEY] = str(sock)
         args = deploy.supernode_command(
             superlink=superlink,
             site=site,
@@ -165,6 +178,40 @@ def deploy_supernode(
             extra_node_config=extra,
         )
         _launch(f"supernode-{site}", args, background, dry_run)
+    except deploy.DeployError as e:
+        raise fail(str(e)) from None
+
+
+def _start_worker(site: str, sock: Path, threads: int, logs: Path, dry_run: bool) -> None:
+    """Start the resident worker in the background and wait until it listens (it imports torch first)."""
+    args = deploy.site_worker_command(sock, threads=threads)
+    typer.echo(shlex.join(args))
+    if dry_run:
+        return
+    proc = deploy.start_process(f"site-worker-{site}", args, state_dir=logs)
+    typer.echo(f"site-worker-{site}: pid {proc.pid}, log {proc.log_path}")
+    deadline = time.monotonic() + 120
+    while not sock.is_socket():
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            raise deploy.DeployError(f"the site worker did not start listening on {sock}; see {proc.log_path}")
+        time.sleep(0.2)
+
+
+@deploy_app.command("site-worker")
+def deploy_site_worker(
+    socket_path: Path = typer.Option(
+        ...,
+        "--socket",
+        help="Unix socket to serve; the SuperNode's node config "
+        "`site-worker` must name it (`deploy supernode --resident-model` does both).",
+    ),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: torch's default)."),
+    background: Path = StateOpt,
+) -> None:
+    """Run a site's resident worker: it keeps the model loaded and serves every round's ClientApp (docs/deployment)."""
+    try:
+        args = deploy.site_worker_command(socket_path, threads=threads)
+        _launch(f"site-worker-{socket_path.stem}", args, background, dry_run=False)
     except deploy.DeployError as e:
         raise fail(str(e)) from None
 

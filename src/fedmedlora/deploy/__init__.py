@@ -12,7 +12,7 @@ deploy.X`` and ``from fedmedlora.deploy import X`` both work):
 
     tools       DeployError, locating Flower's console scripts, the Flower process environment, free ports
     pki         the test CA / SuperLink certificate (``TLSFiles``) and SuperNode key pairs
-    commands    ``flower-superlink`` / ``flower-supernode`` command lines and the ``flwr`` connection config
+    commands    ``flower-superlink`` / ``flower-supernode`` / site-worker command lines, the ``flwr`` connection config
     processes   ``ManagedProcess``: start, watch and stop process groups; PID files
     control     the ``flwr`` CLI: register / list nodes, submit / watch / stop runs, run logs
     app_dir     the run configuration and the app folder ``flwr run`` submits
@@ -38,9 +38,11 @@ from fedmedlora.deploy.app_dir import APP_PUBLISHER, CLIENT_APP, SERVER_APP, app
 from fedmedlora.deploy.commands import (
     DEFAULT_SUPERLINK_PORT,
     DEFAULT_SUPERNODE_PORT,
+    SITE_WORKER_NODE_KEY,
     UNREGISTERED_KEY_MARKER,
     connection_toml,
     node_config_string,
+    site_worker_command,
     superlink_command,
     supernode_command,
     write_connection,
@@ -69,6 +71,7 @@ __all__ = [
     "DEFAULT_SUPERNODE_PORT",
     "FINISHED",
     "SERVER_APP",
+    "SITE_WORKER_NODE_KEY",
     "UNREGISTERED_KEY_MARKER",
     "DeployError",
     "ManagedProcess",
@@ -88,6 +91,7 @@ __all__ = [
     "register_node",
     "run_logs",
     "run_status",
+    "site_worker_command",
     "start_process",
     "stop_recorded",
     "stop_run",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -202,3 +203,16 @@ def supernode_command(
     if max_wait_time is not None:
         args += ["--max-wait-time", str(max_wait_time)]
     return args
+
+
+#: Node config key naming the resident worker's socket (``fedmedlora.federation.site_worker.WORKER_NODE_KEY``).
+SITE_WORKER_NODE_KEY = "site-worker"
+
+
+def site_worker_command(socket_path: str | Path, *, threads: int = 0) -> list[str]:
+    """The command of a site's resident worker (``fedmedlora.federation.site_worker``): it keeps the model loaded
+    and serves the ClientApp of every round on the Unix socket ``socket_path``. ``threads`` > 0 sets torch's
+    thread count in the worker (0: torch's default)."""
+    if threads < 0:
+        raise DeployError(f"threads must be >= 0, got {threads}")
+    return [sys.executable, "-m", "fedmedlora.federation.site_worker", str(Path(socket_path).resolve()), str(threads)]

@@ -40,6 +40,7 @@ from fedmedlora.aggregation import AggregationSettings
 from fedmedlora.config import RunConfig
 from fedmedlora.federation.checkpoint import ResumeError, resume_point
 from fedmedlora.federation.client_dp import ClientLevelDP
+from fedmedlora.federation.liveness import RejoiningGrid
 from fedmedlora.federation.messages import from_record, to_record
 from fedmedlora.federation.recorder import RoundRecorder
 from fedmedlora.federation.secure_aggregation import SecAggSettings
@@ -200,9 +201,10 @@ def _run_server(
             recorder.save_adapter(initial, FINAL, round=offset)
         return outcome
 
+    rejoining = RejoiningGrid(grid, rejoin_wait_s=fed.rejoin_wait_s, describe=strategy._node_label)
     try:
         result = strategy.start(
-            grid=grid,
+            grid=rejoining,
             initial_arrays=to_record(initial),
             num_rounds=remaining,
             timeout=fed.round_timeout_s,
