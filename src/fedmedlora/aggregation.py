@@ -38,6 +38,8 @@ RULES: tuple[str, ...] = ("fedmedlora", "fedmedlora+", "fedsa", "ffa")
 SIZE_KEYS: tuple[str, ...] = ("tokens", "examples")
 #: Where Fed-MedLoRA+ takes each site's validation loss from.
 LOSS_SOURCES: tuple[str, ...] = ("server", "site")
+#: Robust replacements for the weighted mean (``federation.robust``).
+ROBUST_RULES: tuple[str, ...] = ("none", "median", "trimmed-mean")
 
 _LORA_A = re.compile(r"(^|\.)lora_(embedding_)?A(\.|$)")
 _LORA_B = re.compile(r"(^|\.)lora_(embedding_)?B(\.|$)")
@@ -61,6 +63,9 @@ class AggregationSettings:
             set; paper-faithful) or ``"site"`` (each site reports the loss of its adapter on its own dev split;
             no labelled data at the server). Only read by ``fedmedlora+``.
         combine_with_size: ``fedmedlora+`` only: multiply the loss weight by the size weight, renormalise.
+        robust: ``"none"`` (the rule's weighted mean), or ``"median"`` / ``"trimmed-mean"``: the unweighted
+            coordinate-wise ``robust_mean`` of the shared tensors instead (the weights are then not used).
+        trim_fraction: ``trimmed-mean`` only: the fraction of sites dropped at each end of every coordinate.
     """
 
     rule: str = "fedmedlora"
@@ -68,6 +73,8 @@ class AggregationSettings:
     temperature: float = 1.0
     loss_source: str = "server"
     combine_with_size: bool = False
+    robust: str = "none"
+    trim_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         errors = []
@@ -75,6 +82,10 @@ class AggregationSettings:
             errors.append(f"rule={self.rule!r} is not one of {RULES}")
         if self.size_key not in SIZE_KEYS:
             errors.append(f"size_key={self.size_key!r} is not one of {SIZE_KEYS}")
+        if self.robust not in ROBUST_RULES:
+            errors.append(f"robust={self.robust!r} is not one of {ROBUST_RULES}")
+        if not 0 <= self.trim_fraction < 0.5:
+            errors.append(f"trim_fraction={self.trim_fraction!r} must be in [0, 0.5)")
         if self.loss_source not in LOSS_SOURCES:
             errors.append(f"loss_source={self.loss_source!r} is not one of {LOSS_SOURCES}")
         if not (isinstance(self.temperature, int | float) and self.temperature > 0) or math.isnan(self.temperature):
@@ -337,6 +348,54 @@ def weighted_mean(
             if wk != 0.0:
                 acc += wk * update[key].astype(np.float64, copy=False)
         out[key] = acc.astype(dtype)
+    return out
+
+
+def trimmed_count(n_sites: int, trim_fraction: float) -> int:
+    """How many values ``robust_mean`` drops at each end of every coordinate: ``floor(trim_fraction × n)``."""
+    if not 0 <= trim_fraction < 0.5:
+        raise AggregationError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    return math.floor(trim_fraction * n_sites)
+
+
+def robust_mean(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    rule: str,
+    *,
+    trim_fraction: float = 0.2,
+    sites: Sequence[str] | None = None,
+    expected: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Coordinate-wise median or trimmed mean of the sites' tensors (unweighted; Yin et al., ICML 2018).
+
+    Each coordinate of each tensor is aggregated on its own: ``median`` takes the median of the sites' values,
+    ``trimmed-mean`` drops the ``trimmed_count(n, trim_fraction)`` largest and smallest values and averages the
+    rest. Up to that many hostile sites (any values at all) cannot move a coordinate outside the honest sites'
+    range. Size or loss weights are not used: a weight is exactly what a hostile site would inflate. The same
+    checks as ``weighted_mean`` run first (keys, shapes, dtypes, finiteness, naming the site). As with every rule
+    that aggregates A and B separately, the result is not the median of the sites' ``B A``.
+
+    Raises:
+        AggregationError: an unknown rule, no update, a bad trim fraction, or an update that fails the checks.
+    """
+    if rule not in ROBUST_RULES or rule == "none":
+        raise AggregationError(f"robust_mean: rule must be 'median' or 'trimmed-mean', got {rule!r}")
+    if len(updates) == 0:
+        raise AggregationError("robust_mean: need at least one update, got none")
+    names = list(sites) if sites is not None else [f"#{i}" for i in range(len(updates))]
+    expected = expected if expected is not None else spec_of(updates[0])
+    for update, name in zip(updates, names, strict=True):
+        check_update(update, expected, name)
+    k = trimmed_count(len(updates), trim_fraction)
+    out: dict[str, np.ndarray] = {}
+    for key, (_shape, dtype) in expected.items():
+        stack = np.stack([np.asarray(u[key], dtype=np.float64) for u in updates])
+        if rule == "median":
+            value = np.median(stack, axis=0)
+        else:
+            ordered = np.sort(stack, axis=0)
+            value = ordered[k : len(updates) - k].mean(axis=0)
+        out[key] = value.astype(dtype)
     return out
 
 

@@ -191,6 +191,14 @@ class FederationConfig(_Section):
     norm_outlier_factor: float | None = Field(
         10.0, gt=1, description="Exclude a site whose update norm exceeds this × the round's median (≥3 sites)."
     )
+    robust: Literal["none", "median", "trimmed-mean"] = Field(
+        "none",
+        description="Replace the rule's weighted mean by the unweighted coordinate-wise median or trimmed mean of "
+        "the sites' shared tensors (robust to a minority of hostile sites; ignores size and loss weights).",
+    )
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="trimmed-mean: fraction of sites dropped at each end of every coordinate."
+    )
     dp: ClientDPConfig = Field(default_factory=ClientDPConfig, description="Client-level DP (off by default).")
     secure_aggregation: bool = Field(
         False,
@@ -294,6 +302,11 @@ class RunConfig(_Section):
                 raise ValueError(
                     "federation.secure_aggregation: SecAgg+ quantises itself; set federation.compression=none"
                 )
+        if f.robust != "none" and (f.secure_aggregation or f.dp.enabled):
+            raise ValueError(
+                f"federation.robust={f.robust}: a median or trimmed mean needs each site's update, which "
+                "secure aggregation hides and client-level DP's noise calibration does not cover; use one or the other"
+            )
         if self.federation.dp.enabled and self.federation.strategy == "fedmedlora+":
             raise ValueError(
                 "federation.dp: client-level DP needs weights fixed before the sites' updates are seen; "

@@ -318,3 +318,23 @@ def test_a_nan_reply_excludes_one_site_not_the_round() -> None:
     out, _ = s.aggregate_train(1, replies)
     assert s.rounds[1].sites == ["bc5cdr", "chia"] and "NaN" in s.rounds[1].excluded["phee"]
     assert np.all(np.isfinite(from_record(out)[A]))
+
+
+@pytest.mark.parametrize("robust", ["median", "trimmed-mean"])
+def test_robust_rules_keep_a_hostile_site_inside_the_honest_range_without_screening(robust: str) -> None:
+    """Norm screening off: the 1e6× update reaches aggregation, and the robust rule still ignores it."""
+    s = make_strategy(
+        AggregationSettings(robust=robust, trim_fraction=0.34),
+        num_rounds=1,
+        screening=ScreeningSettings(norm_outlier_factor=None, max_size_factor=None),
+    )
+    out, _ = s.aggregate_train(1, _three(s, (1.5, 2, 1e6), {13: {"tokens": 1e300}}))
+    g = from_record(out)
+    assert s.rounds[1].sites == ["bc5cdr", "chia", "phee"]  # nobody excluded ...
+    np.testing.assert_allclose(g[B], 2.0)  # ... the middle of (1.5, 2, 1e6) per coordinate, whatever the weight
+    assert s.rounds[1].robust == {"rule": robust, "trimmed_per_end": 1 if robust == "trimmed-mean" else None}
+    plain = make_strategy(
+        AggregationSettings(), num_rounds=1, screening=ScreeningSettings(norm_outlier_factor=None, max_size_factor=None)
+    )
+    out, _ = plain.aggregate_train(1, _three(plain, (1.5, 2, 1e6), {13: {"tokens": 1e300}}))
+    assert float(from_record(out)[B].max()) > 1e5  # what the weighted mean does with the same replies

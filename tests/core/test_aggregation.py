@@ -218,3 +218,35 @@ def test_huge_weights_do_not_overflow_to_an_all_zero_mean():
     updates = [{"w": np.ones(3, np.float32)}, {"w": np.full(3, 3.0, np.float32)}]
     out = weighted_mean(updates, [1e308, 1e308], sites=["a", "b"])
     np.testing.assert_allclose(out["w"], 2.0)
+
+
+def test_robust_mean_median_and_trimmed_mean_per_coordinate() -> None:
+    from fedmedlora.aggregation import robust_mean, trimmed_count
+
+    rng = np.random.default_rng(0)
+    ups = [{"a": rng.normal(size=(3, 2)).astype(np.float32)} for _ in range(5)]
+    ups[4]["a"][0, 0] = 1e30  # one hostile coordinate
+    stack = np.stack([u["a"].astype(np.float64) for u in ups])
+    med = robust_mean(ups, "median")
+    np.testing.assert_allclose(med["a"], np.median(stack, axis=0).astype(np.float32))
+    assert med["a"].dtype == np.float32
+    assert trimmed_count(5, 0.2) == 1 and trimmed_count(5, 0.0) == 0 and trimmed_count(4, 0.49) == 1
+    tm = robust_mean(ups, "trimmed-mean", trim_fraction=0.2)
+    np.testing.assert_allclose(tm["a"], np.sort(stack, axis=0)[1:4].mean(axis=0), rtol=1e-6)
+    assert abs(float(tm["a"][0, 0])) < 10
+    np.testing.assert_allclose(
+        robust_mean(ups[:4], "trimmed-mean", trim_fraction=0.0)["a"], stack[:4].mean(axis=0), rtol=1e-6
+    )
+
+
+def test_robust_mean_checks_like_weighted_mean() -> None:
+    from fedmedlora.aggregation import AggregationError, AggregationSettings, robust_mean
+
+    good = {"a": np.ones((2, 2), np.float32)}
+    bad = {"a": np.full((2, 2), np.nan, np.float32)}
+    with pytest.raises(AggregationError, match="gamma"):
+        robust_mean([good, good, bad], "median", sites=["alpha", "beta", "gamma"])
+    with pytest.raises(AggregationError, match="median"):
+        robust_mean([good], "mean")
+    with pytest.raises(AggregationError, match="trim_fraction"):
+        AggregationSettings(robust="trimmed-mean", trim_fraction=0.5)

@@ -380,6 +380,85 @@ def test_dpsgd_with_secure_aggregation_over_tls_matches_the_simulation(
     assert max(float(np.abs(final[k] - expected[k]).max()) for k in final) < 2e-4
 
 
+def _with(cfg, *overrides: str):
+    from fedmedlora.config import load_config
+
+    return load_config(overrides=list(overrides), **cfg.model_dump(mode="json"))
+
+
+def _clientapp_running(deployment: Deployment, site: str) -> bool:
+    return any("flwr-clientapp" in cmd for _, cmd in deployment.d.group_processes(deployment.nodes[site].pid))
+
+
+@pytest.mark.slow
+def test_fedsa_survives_supernodes_sigkilled_mid_round_and_between_rounds(
+    deployment: Deployment, world: Path, tmp_path: Path
+) -> None:
+    """gamma's machine dies while it trains round 1, beta's right after round 1; both are restarted at once and
+    retried until Flower lets them back in (it refuses until their heartbeats lapse). The coordinator gets "Node
+    Unavailable" for each, waits for it to rejoin, sends the round again, and each site resumes from its durable
+    state: the final FedSA adapter equals the uninterrupted run's."""
+    from fedmedlora.federation.simulation import run_federation
+
+    deployment.wait_online()
+    cfg = _with(_cfg(world, rounds=3, rejoin=300), "federation.strategy=fedsa")
+    run_dir = tmp_path / "killed"
+    run_id = deployment.submit(cfg, run_dir)
+
+    _wait_until(lambda: _clientapp_running(deployment, "gamma"), START_TIMEOUT * 3, "gamma training round 1")
+    deployment.nodes["gamma"].kill()
+    deployment.restart_node("gamma")  # refused until the SuperLink marks the dead one offline, then back
+
+    def round_1_done() -> bool:
+        state = run_dir / "federation_state.json"
+        return state.is_file() and json.loads(state.read_text() or "{}").get("round", 0) >= 1
+
+    _wait_until(round_1_done, RUN_TIMEOUT, "round 1")
+    deployment.nodes["beta"].kill()
+    deployment.restart_node("beta")
+
+    status = deployment.wait(run_id)
+    logs = deployment.logs(run_id)
+    assert status["status"] == "finished:completed", (status, logs[-4000:])
+    rounds = _rounds(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert all(r["sites"] == SITES and not r["failures"] for r in rounds[1:]), rounds
+    assert "gamma is back online: sent it the train again" in logs, logs[-4000:]
+    assert "beta is back online: sent it the train again" in logs, logs[-4000:]
+    uninterrupted = run_federation(cfg, tmp_path / "sim", data_dir=world / "bench", sites=SITES)
+    _assert_same_adapter(_final(run_dir), uninterrupted.arrays)
+
+
+@pytest.fixture(scope="module")
+def resident(world: Path, tmp_path_factory):
+    dep = Deployment(tmp_path_factory.mktemp("resident"), world / "bench", resident_model=True)
+    try:
+        dep.up()
+        yield dep
+    finally:
+        dep.down()
+
+
+@pytest.mark.slow
+def test_resident_site_workers_give_the_simulation_result(resident: Deployment, world: Path, tmp_path: Path) -> None:
+    """With ``--resident-model`` every round's ClientApp forwards to the site's long-lived worker: same adapter as
+    the simulation, and each worker (not a fresh ClientApp process) did every site's training."""
+    from fedmedlora.federation.simulation import run_federation
+
+    cfg = _with(_cfg(world), "federation.strategy=fedsa")
+    run_dir = tmp_path / "run"
+    run_id = resident.submit(cfg, run_dir)
+    status = resident.wait(run_id)
+    assert status["status"] == "finished:completed", (status, resident.logs(run_id)[-4000:])
+    assert all(r["sites"] == SITES for r in _rounds(run_dir)[1:])
+    for site in SITES:
+        log_text = resident.workers[site].log_text()
+        assert log_text.count("site worker: train handled") == 2, (site, log_text[-2000:])
+        assert (resident.state_dir(site) / "worker.sock").is_socket()
+    sim = run_federation(cfg, tmp_path / "sim", data_dir=world / "bench", sites=SITES)
+    _assert_same_adapter(_final(run_dir), sim.arrays)
+
+
 def test_connection_address_is_checked_and_a_failed_call_leaves_the_file(tmp_path: Path) -> None:
     from fedmedlora import deploy
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -183,18 +184,34 @@ def deploy_supernode(
 
 
 def _start_worker(site: str, sock: Path, threads: int, logs: Path, dry_run: bool) -> None:
-    """Start the resident worker in the background and wait until it listens (it imports torch first)."""
+    """Start the resident worker in the background and wait until it listens (it imports torch first).
+
+    A worker already listening on ``sock`` (the SuperNode was restarted, e.g. by systemd) is kept."""
     args = deploy.site_worker_command(sock, threads=threads)
     typer.echo(shlex.join(args))
     if dry_run:
         return
+    if _listening(sock):
+        typer.echo(f"site-worker-{site}: already listening on {sock}; keeping it")
+        return
     proc = deploy.start_process(f"site-worker-{site}", args, state_dir=logs)
     typer.echo(f"site-worker-{site}: pid {proc.pid}, log {proc.log_path}")
     deadline = time.monotonic() + 120
-    while not sock.is_socket():
+    while not _listening(sock):
         if proc.popen.poll() is not None or time.monotonic() > deadline:
             raise deploy.DeployError(f"the site worker did not start listening on {sock}; see {proc.log_path}")
         time.sleep(0.2)
+
+
+def _listening(sock: Path) -> bool:
+    if not sock.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
 
 
 @deploy_app.command("site-worker")

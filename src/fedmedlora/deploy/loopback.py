@@ -8,6 +8,7 @@ recorded process groups, never by name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ class LoopbackDeployment:
         data_dir: the benchmark folder holding ``<site>/`` for every site (the coordinator's validation set too).
         sites: site names; each gets a registered key and a SuperNode.
         resident_model: also start a resident site worker per site (``deploy supernode --resident-model``).
-        worker_threads: torch threads of each resident worker (0: torch's default).
+        worker_threads: torch threads of every site process, resident worker or ClientApp (``OMP_NUM_THREADS``);
+            0 leaves torch's default. Several sites on one machine oversubscribe its cores unless this is set.
         start_timeout: seconds for a process to come up and for the nodes to be online.
     """
 
@@ -68,6 +70,12 @@ class LoopbackDeployment:
 
     # ---- processes --------------------------------------------------------------------------------------------
 
+    def _env(self, home: str) -> dict[str, str]:
+        env = flower_env(self.root / "home" / home)
+        if self.worker_threads > 0:
+            env.update(OMP_NUM_THREADS=str(self.worker_threads), MKL_NUM_THREADS=str(self.worker_threads))
+        return env
+
     def start_superlink(self) -> None:
         args = superlink_command(tls=self.tls, port=self.port, database=self.root / "superlink.db")
         self.superlink = start_process(
@@ -85,7 +93,10 @@ class LoopbackDeployment:
     def start_worker(self, site: str) -> ManagedProcess:
         sock = self.state_dir(site) / "worker.sock"
         proc = start_process(
-            f"site-worker-{site}", site_worker_command(sock, threads=self.worker_threads), state_dir=self.state
+            f"site-worker-{site}",
+            site_worker_command(sock, threads=self.worker_threads),
+            state_dir=self.state,
+            env=self._env(f"site-worker-{site}"),
         )
         proc.wait_for_log(r"site worker listening on", self.start_timeout)
         self.workers[site] = proc
@@ -118,10 +129,37 @@ class LoopbackDeployment:
             trusted_entities=trusted_entities,
         )
         name = name or f"supernode-{site}"
-        proc = start_process(name, args, state_dir=self.state, env=flower_env(self.root / "home" / name), cwd=self.root)
+        proc = start_process(name, args, state_dir=self.state, env=self._env(name), cwd=self.root)
         if key is None:
             self.nodes[site] = proc
         return proc
+
+    def restart_node(self, site: str, *, timeout: float | None = None, retry_s: float = 3.0) -> ManagedProcess:
+        """Start ``site``'s SuperNode again after a crash, retrying as systemd's ``Restart=always`` would.
+
+        Flower 1.41 refuses to activate a node whose previous process died until the SuperLink has marked it
+        offline (two missed heartbeats, about 60 s): the new process exits with "Exit Code: 305 ... Failed to
+        activate SuperNode". Each failed attempt's process group (its ``flower-superexec`` outlives it) is stopped
+        before the next. Returns the process once its log shows the node activated.
+
+        Raises:
+            DeployError: the node did not activate within ``timeout`` (default 3 × ``start_timeout``).
+        """
+        deadline = time.monotonic() + (timeout if timeout is not None else 3 * self.start_timeout)
+        attempts = 0
+        while True:
+            attempts += 1
+            proc = self.start_node(site)
+            while proc.alive() and "SuperNode ID:" not in proc.log_text():
+                time.sleep(0.25)
+            if "SuperNode ID:" in proc.log_text() and proc.alive():
+                return proc
+            proc.stop(timeout=5)  # reaps the superexec the failed attempt left behind
+            if time.monotonic() > deadline:
+                raise DeployError(
+                    f"supernode-{site} did not activate in {attempts} attempts:\n{proc.log_text()[-2000:]}"
+                )
+            time.sleep(retry_s)
 
     def up(self) -> LoopbackDeployment:
         """Start the SuperLink, register every site's key, start every SuperNode, and wait until all are online."""

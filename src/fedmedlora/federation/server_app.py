@@ -76,6 +76,8 @@ def aggregation_settings(cfg: RunConfig) -> AggregationSettings:
         temperature=f.temperature,
         loss_source=f.plus_loss_source,
         combine_with_size=f.combine_with_size,
+        robust=f.robust,
+        trim_fraction=f.trim_fraction,
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from fedmedlora.config import RunConfig
 
 #: Node config key: the site-local folder of this node's state.
 STATE_DIR_KEY = "state-dir"
+log = logging.getLogger(__name__)
+
 #: The header record inside every saved state.
 HEADER = "fedmedlora-site-state"
 VERSION = 1
@@ -145,7 +148,21 @@ def restore(context: Context, cfg: RunConfig, site: str, round_: int) -> SiteSta
     one on the run's first round), when the node keeps its state on disk. Returns the store for ``save``."""
     store = store_for(context, cfg, site)
     if store is not None:
-        saved = store.load_before(round_) or RecordDict()
+        saved = store.load_before(round_)
+        if saved is None and round_ > 1:
+            others = sorted(p.name for p in store.folder.parent.glob(f"{cfg.name}-*") if p != store.folder)
+            (log.warning if others else log.info)(
+                "site %s: no saved state before round %d in %s; starting round %d from an empty state%s",
+                site,
+                round_,
+                store.folder,
+                round_,
+                f" (states of other configurations of run {cfg.name!r}: {', '.join(others)}; a change of "
+                "fedmedlora version or config at this site changes the key)"
+                if others
+                else "",
+            )
+        saved = saved or RecordDict()
         state = context.state  # in place: the runtime keeps (and sends back) this very object
         for key in list(state.keys()):
             del state[key]

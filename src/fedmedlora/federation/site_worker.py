@@ -204,7 +204,9 @@ def handle_connection(conn: socket.socket, handlers: dict[str, Handler]) -> None
         log.exception("site worker: %s handler failed", kind)
         send_frame(conn, {"ok": False, "error": f"{type(err).__name__}: {err}"})
         return
-    send_frame(conn, {"ok": True, "seconds": time.perf_counter() - started}, *_encode(reply, context))
+    seconds = time.perf_counter() - started
+    send_frame(conn, {"ok": True, "seconds": seconds}, *_encode(reply, context))
+    log.info("site worker: %s handled in %.2f s", kind, seconds)
 
 
 def bind(path: str | Path) -> socket.socket:

@@ -37,9 +37,11 @@ from fedmedlora.aggregation import (
     AggregationError,
     AggregationSettings,
     merge_into,
+    robust_mean,
     shared_keys,
     size_weights,
     spec_of,
+    trimmed_count,
     weighted_mean,
     weights_for,
 )
@@ -109,6 +111,8 @@ class RoundLog:
     privacy: dict[str, Any] = field(default_factory=dict)
     excluded: dict[str, str] = field(default_factory=dict)
     screening: dict[str, str] = field(default_factory=dict)
+    #: ``federation.robust`` in force: the rule and how many sites were trimmed per end (None: weighted mean)
+    robust: dict[str, Any] | None = None
 
 
 class LoraStrategy(FedAvg):
@@ -315,6 +319,22 @@ class LoraStrategy(FedAvg):
             mean, rlog.privacy["client"] = self.client_dp.release(
                 [r.arrays for r in ok], weights, {k: self._global[k] for k in upload}, sites, rnd
             )
+        elif self.settings.robust != "none":
+            spec = {k: v for k, v in spec_of(self._global).items() if k in ok[0].arrays}
+            mean = robust_mean(
+                [r.arrays for r in ok],
+                self.settings.robust,
+                trim_fraction=self.settings.trim_fraction,
+                sites=sites,
+                expected=spec,
+            )
+            weights = [1.0 / len(ok)] * len(ok)  # what the robust rule gives each site on average
+            rlog.robust = {
+                "rule": self.settings.robust,
+                "trimmed_per_end": trimmed_count(len(ok), self.settings.trim_fraction)
+                if self.settings.robust == "trimmed-mean"
+                else None,
+            }
         else:
             spec = {k: v for k, v in spec_of(self._global).items() if k in ok[0].arrays}
             mean = weighted_mean([r.arrays for r in ok], weights, sites=sites, expected=spec)
