@@ -10,9 +10,10 @@ This script times, in fresh subprocesses and one after the other (never two torc
   holds the model; the fresh ClientApp process imports flwr and ``fedmedlora.federation.client_app`` only and
   forwards the message over the worker's Unix socket.
 
-The message is a real ``evaluate`` instruction (the initial adapter, scored on the first demo site's dev split), the
-same bytes for both. Start-up overhead = (process start → reply ready) − the handler's own time with the model
-already loaded (measured in the same child as a second call). Prints a table and writes JSON.
+The message is a real ``evaluate`` instruction (the initial adapter, scored on the first two documents, one
+sentence each, of the PHEE site's dev split, so the handler is short next to the start-up), the same bytes for
+both. Start-up overhead = (process start → reply ready) − the handler's own time with the model already loaded
+(measured in the same child as a second call). Prints a table and writes JSON.
 
     python bench/clientapp_startup.py --repeats 3 --threads 2
 """
@@ -45,16 +46,21 @@ from fedmedlora.federation.site_worker import _encode
 from fedmedlora.lm.session import Session
 
 cfg = load_config("demo")
-site = (cfg.federation.sites or ["chia"])[0]
+site = "phee"  # one sentence per document: a short handler
 session = Session.load(cfg)
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
 content = RecordDict({ARRAYS_KEY: to_record(session.init_arrays), CONFIG_KEY: ConfigRecord({ROUND: 1})})
 msg = Message(content, dst_node_id=7, message_type="evaluate")
 msg.metadata.__dict__["_message_id"] = "bench"
-node_config = {"site": site, "data-dir": str(default_benchmark_dir())}
+import shutil
+out = Path(sys.argv[1])
+data = out / "data"
+shutil.copytree(default_benchmark_dir() / site, data / site)
+dev = (data / site / "dev.jsonl").read_text(encoding="utf-8").splitlines()
+(data / site / "dev.jsonl").write_text("\n".join(dev[:2]) + "\n", encoding="utf-8")  # a cheap handler
+node_config = {"site": site, "data-dir": str(data)}
 ctx = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=cfg.to_flower_run_config())
 m, c = _encode(msg, ctx)
-out = Path(sys.argv[1])
 (out / "msg.pb").write_bytes(m)
 (out / "ctx.pb").write_bytes(c)
 print(site, session.model.num_parameters())

@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the simulation")
     parser.add_argument("--site-threads", type=int, default=1, help="torch threads of each deployment site process")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "deployment_round.json")
+    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (logs, run folders)")
     args = parser.parse_args()
 
     import torch
@@ -72,7 +73,7 @@ def main() -> None:
     modes = args.modes.split(",")
     results = []
     with tempfile.TemporaryDirectory(prefix="fml-deploy-bench-") as tmp:
-        root = Path(tmp)
+        root = args.keep.resolve() if args.keep else Path(tmp)
         for n in (int(x) for x in args.sites.split(",")):
             if args.model == "tiny":
                 from tinymodel import build_tiny_world

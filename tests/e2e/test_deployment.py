@@ -220,6 +220,29 @@ def test_node_config_and_commands(tmp_path: Path) -> None:
         deploy.superlink_command(tls=None, node_auth=True)
 
 
+def test_supernode_resident_model_dry_run_prints_the_worker_and_points_the_node_at_it(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from fedmedlora import deploy
+    from fedmedlora.cli import main
+    from fedmedlora.federation import site_worker
+
+    assert deploy.SITE_WORKER_NODE_KEY == site_worker.WORKER_NODE_KEY  # deploy must not import flwr: two constants
+    (tmp_path / "data" / "chia").mkdir(parents=True)
+    key = tmp_path / "k"
+    key.write_text("k")
+    argv = ["fedmedlora", "deploy", "supernode", "--site", "chia", "--data", str(tmp_path / "data"), "--key", str(key)]
+    argv += ["--ca", str(key), "--state-dir", str(tmp_path / "st"), "--resident-model", "--threads", "3", "--dry-run"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    worker_line, node_line = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert "fedmedlora.federation.site_worker" in worker_line and worker_line.endswith(" 3")
+    assert f'site-worker="{(tmp_path / "st" / "worker.sock").resolve()}"' in node_line
+    assert not (tmp_path / "st").exists() or not (tmp_path / "st" / "worker.sock").exists()  # nothing started
+
+
 def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
     from fedmedlora import deploy
 
@@ -427,6 +450,52 @@ def test_fedsa_survives_supernodes_sigkilled_mid_round_and_between_rounds(
     assert "beta is back online: sent it the train again" in logs, logs[-4000:]
     uninterrupted = run_federation(cfg, tmp_path / "sim", data_dir=world / "bench", sites=SITES)
     _assert_same_adapter(_final(run_dir), uninterrupted.arrays)
+
+
+@pytest.mark.slow
+def test_a_scaled_and_a_nan_site_are_excluded_by_name_and_the_honest_site_is_the_aggregate(
+    world: Path, tmp_path: Path
+) -> None:
+    """Over TLS with node auth: beta's worker multiplies its upload by 1e6, gamma's puts a NaN in it. Both are
+    excluded and named in every round, the run finishes, and the global adapter is alpha's alone (the simulation
+    of alpha by itself)."""
+    from fedmedlora import deploy
+    from fedmedlora.federation.simulation import run_federation
+
+    root = tmp_path / "dep"
+    hostile = {"beta": "scale", "gamma": "nan"}
+    socks = {site: root / "hostile" / f"{site}.sock" for site in hostile}
+    workers = []
+    for site, kind in hostile.items():
+        args = [sys.executable, str(Path(__file__).parent.parent / "hostile_worker.py"), str(socks[site]), kind]
+        proc = deploy.start_process(f"site-worker-{site}", args, state_dir=root / "pids")
+        workers.append(proc)
+
+    class WithHostileSites(Deployment):
+        def start_node(self, site: str, **kw):
+            if site in socks and "key" not in kw:
+                kw["extra_node_config"] = {"site-worker": str(socks[site])}
+            return super().start_node(site, **kw)
+
+    dep = WithHostileSites(root, world / "bench")
+    try:
+        for proc in workers:
+            proc.wait_for_log(r"site worker listening on", START_TIMEOUT)
+        dep.up()
+        cfg = _with(_cfg(world, min_sites=1), "federation.max_update_norm=1000")
+        run_id = dep.submit(cfg, tmp_path / "run")
+        status = dep.wait(run_id)
+        assert status["status"] == "finished:completed", (status, dep.logs(run_id)[-4000:])
+    finally:
+        dep.down()
+    rounds = _rounds(tmp_path / "run")
+    for r in rounds[1:]:
+        assert r["sites"] == ["alpha"], r
+        assert "max_update_norm=1000" in r["excluded"]["beta"], r["excluded"]
+        assert "NaN" in r["excluded"]["gamma"], r["excluded"]
+    alone = _with(cfg, "federation.sites=[alpha]")
+    sim = run_federation(alone, tmp_path / "sim", data_dir=world / "bench", sites=["alpha"])
+    _assert_same_adapter(_final(tmp_path / "run"), sim.arrays)
 
 
 @pytest.fixture(scope="module")
