@@ -463,7 +463,8 @@ DEPLOYMENT_NOTES = """Reading the deployment tables:
 - The whole round is still not within 1.5× of the simulation. The resident worker takes a SmolLM2 round from
   132 s to 105 s against 47 s in simulation (2.24×). For the tiny model the fixed cost is 7.7 s per round
   against 14.0 s with fresh ClientApps. The worker logs and the SuperLink's timestamps of one SmolLM2 round
-  (4 sites, `--keep`) show where the time goes:
+  (round 1 of a 2-round run, 4 sites, `--keep`; it includes the one-time FAB install and model load) show
+  where the time goes:
   - the handlers start 14–20 s after the round begins;
   - they run 46–52 s in parallel, on 1 thread each on 2 cores (the simulation's sites run one after another,
     at about 10 s each on 2 threads);
