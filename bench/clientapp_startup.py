@@ -152,8 +152,9 @@ def main() -> None:
     for mode in ("fresh", "resident"):
         summary[mode]["startup_overhead_s"] = summary[mode]["process_to_reply_s"] - warm
     summary["overhead_ratio"] = summary["fresh"]["startup_overhead_s"] / summary["resident"]["startup_overhead_s"]
-    model_dir = Path(os.environ.get("FEDMEDLORA_CACHE") or Path.home() / ".cache" / "fedmedlora")
-    weights = sum(p.stat().st_size for p in model_dir.glob("smollm2-135m-instruct/*.safetensors"))
+    from fedmedlora.lm.model import DEFAULT_MODEL_CACHE_NAME, default_cache_dir  # the children are done
+
+    weights = sum(p.stat().st_size for p in (default_cache_dir() / DEFAULT_MODEL_CACHE_NAME).glob("*.safetensors"))
     summary["model_bytes_read_per_round"] = {"fresh": weights, "resident": 0}
     info = machine_info()
     print_table(

@@ -159,3 +159,17 @@ def tiny_world_config(world: Path, name: str, *overrides: str):
             *overrides,
         ]
     )
+
+
+def tiny_federation_config(
+    world: Path, name: str, sites: list[str], *overrides: str, rounds: int = 2, min_sites: int | None = None
+):
+    """``tiny_world_config`` for an in-process federation of ``sites`` (all required unless ``min_sites``)."""
+    return tiny_world_config(
+        world,
+        name,
+        f"federation.rounds={rounds}",
+        f"federation.sites=[{','.join(sites)}]",
+        f"federation.min_sites={len(sites) if min_sites is None else min_sites}",
+        *overrides,
+    )

@@ -12,12 +12,8 @@ from fedmedlora.federation.liveness import RejoiningGrid
 
 
 @pytest.fixture(autouse=True)
-def _server_identity():
-    """Messages with a destination are created by a ServerApp: Flower needs its run/node/task identity set."""
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+def _server_identity(server_identity):
+    """Every test here builds messages by hand (``tests/conftest.py``)."""
 
 
 class FakeGrid:

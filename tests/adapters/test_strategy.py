@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmedlora.aggregation import AggregationSettings
 from fedmedlora.federation.messages import (
@@ -32,9 +31,8 @@ SITES = {11: "bc5cdr", 12: "chia", 13: "phee"}
 
 
 @pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages created outside a Flower runtime need a task identity (the runtimes set it)."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+def _task_identity(server_identity):
+    """Messages created outside a Flower runtime need a task identity (``tests/conftest.py``)."""
 
 
 class FakeGrid(Grid):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymodel import build_tiny_world, tiny_world_config
+from tinymodel import build_tiny_world, tiny_federation_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,7 @@ def world(tmp_path_factory) -> Path:
 
 
 def _cfg(world: Path, rule: str = "fedmedlora", rounds: int = 2, *extra: str):
-    return tiny_world_config(
-        world,
-        "sim",
-        f"federation.strategy={rule}",
-        f"federation.rounds={rounds}",
-        f"federation.sites=[{','.join(SITES)}]",
-        "federation.min_sites=3",
-        *extra,
-    )
+    return tiny_federation_config(world, "sim", SITES, f"federation.strategy={rule}", *extra, rounds=rounds)
 
 
 def _run(world: Path, out: Path, cfg, resume: bool = False):

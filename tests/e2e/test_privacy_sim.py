@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymodel import build_tiny_world, tiny_world_config
+from tinymodel import build_tiny_world, tiny_federation_config
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +27,7 @@ def world(tmp_path_factory) -> Path:
 
 
 def _cfg(world: Path, *extra: str):
-    return tiny_world_config(
-        world,
-        "dp",
-        "federation.rounds=2",
-        f"federation.sites=[{','.join(SITES)}]",
-        "federation.min_sites=3",
-        *extra,
-    )
+    return tiny_federation_config(world, "dp", SITES, *extra)
 
 
 def _run(world: Path, out: Path, cfg):

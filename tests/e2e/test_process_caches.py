@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymodel import build_tiny_world, tiny_world_config
+from tinymodel import build_tiny_world, tiny_federation_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +38,7 @@ def world(tmp_path_factory) -> Path:
 
 
 def _cfg(world: Path, *extra: str):
-    return tiny_world_config(
-        world, "cache", "federation.rounds=1", f"federation.sites=[{','.join(SITES)}]", "federation.min_sites=2", *extra
-    )
+    return tiny_federation_config(world, "cache", SITES, *extra, rounds=1, min_sites=2)
 
 
 def _run(world: Path, out: Path, cfg):

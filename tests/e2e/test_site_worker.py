@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymodel import build_tiny_world, tiny_world_config
+from tinymodel import build_tiny_world, tiny_federation_config
 
 SITES = ["alpha", "beta", "gamma"]
 
@@ -47,14 +47,7 @@ def worker(tmp_path: Path):
 
 
 def _cfg(world: Path, *extra: str):
-    return tiny_world_config(
-        world,
-        "sim",
-        "federation.rounds=2",
-        f"federation.sites=[{','.join(SITES)}]",
-        "federation.min_sites=3",
-        *extra,
-    )
+    return tiny_federation_config(world, "sim", SITES, *extra)
 
 
 def _via(path: Path | str):
@@ -104,12 +97,8 @@ def test_without_a_worker_the_client_app_trains_itself_and_says_so(world: Path, 
 
 
 @pytest.fixture(autouse=True)
-def _server_identity():
-    """Messages with a destination are created by a ServerApp: Flower needs its run/node/task identity set."""
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+def _server_identity(server_identity):
+    """Every test here builds messages by hand (``tests/conftest.py``)."""
 
 
 def _message_and_context():

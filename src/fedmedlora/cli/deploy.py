@@ -11,7 +11,6 @@ import os
 import shlex
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import typer
@@ -194,13 +193,9 @@ def _start_worker(site: str, sock: Path, threads: int, logs: Path, dry_run: bool
     if _listening(sock):
         typer.echo(f"site-worker-{site}: already listening on {sock}; keeping it")
         return
-    proc = deploy.start_process(f"site-worker-{site}", args, state_dir=logs)
-    typer.echo(f"site-worker-{site}: pid {proc.pid}, log {proc.log_path}")
-    deadline = time.monotonic() + 120
-    while not _listening(sock):
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            raise deploy.DeployError(f"the site worker did not start listening on {sock}; see {proc.log_path}")
-        time.sleep(0.2)
+    typer.echo(f"site-worker-{site}: starting, log {logs / f'site-worker-{site}.log'}")
+    proc = deploy.start_site_worker(site, sock, state_dir=logs, threads=threads)
+    typer.echo(f"site-worker-{site}: pid {proc.pid}, listening on {sock}")
 
 
 def _listening(sock: Path) -> bool:

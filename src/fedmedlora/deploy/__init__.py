@@ -12,14 +12,16 @@ deploy.X`` and ``from fedmedlora.deploy import X`` both work):
 
     tools       DeployError, locating Flower's console scripts, the Flower process environment, free ports
     pki         the test CA / SuperLink certificate (``TLSFiles``) and SuperNode key pairs
-    commands    ``flower-superlink`` / ``flower-supernode`` / site-worker command lines, the ``flwr`` connection config
+    commands    ``flower-superlink`` / ``flower-supernode`` / site-worker commands, the ``flwr`` connection config
     processes   ``ManagedProcess``: start, watch and stop process groups; PID files
     control     the ``flwr`` CLI: register / list nodes, submit / watch / stop runs, run logs
     app_dir     the run configuration and the app folder ``flwr run`` submits
     watchdog    round records, resume points and ``supervise_run`` (resubmit a failed run, resuming)
+    loopback    ``LoopbackDeployment``: a whole deployment on one machine (tests, benchmarks, trying it out);
+                imported as ``fedmedlora.deploy.loopback``, not re-exported
 
-Dependency direction (no cycles): ``tools`` <- ``pki`` <- ``commands``; ``tools`` <- ``processes``, ``control``,
-``app_dir``; ``control`` <- ``watchdog``.
+Dependency direction (no cycles): ``tools`` <- ``pki``, ``processes``, ``control``, ``app_dir``; ``pki`` and
+``processes`` <- ``commands``; ``control`` <- ``watchdog``; all of them <- ``loopback``.
 
 Verified on flwr 1.41.0 (see deploy/README.md): the SuperLink serves the Fleet, Control and Runtime APIs over
 HTTPS on one ``--host/--port``; ``flwr run --run-config`` only accepts keys declared in the app's
@@ -43,6 +45,7 @@ from fedmedlora.deploy.commands import (
     connection_toml,
     node_config_string,
     site_worker_command,
+    start_site_worker,
     superlink_command,
     supernode_command,
     write_connection,
@@ -93,6 +96,7 @@ __all__ = [
     "run_status",
     "site_worker_command",
     "start_process",
+    "start_site_worker",
     "stop_recorded",
     "stop_run",
     "submit_run",

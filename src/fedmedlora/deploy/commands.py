@@ -18,6 +18,7 @@ from pathlib import Path
 import tomli_w
 
 from fedmedlora.deploy.pki import TLSFiles
+from fedmedlora.deploy.processes import ManagedProcess, start_process
 from fedmedlora.deploy.tools import DeployError, _tool
 
 DEFAULT_SUPERLINK_PORT = 9092
@@ -216,3 +217,25 @@ def site_worker_command(socket_path: str | Path, *, threads: int = 0) -> list[st
     if threads < 0:
         raise DeployError(f"threads must be >= 0, got {threads}")
     return [sys.executable, "-m", "fedmedlora.federation.site_worker", str(Path(socket_path).resolve()), str(threads)]
+
+
+def start_site_worker(
+    site: str,
+    socket_path: str | Path,
+    *,
+    state_dir: str | Path,
+    threads: int = 0,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> ManagedProcess:
+    """Start ``site``'s resident worker as ``site-worker-<site>`` (log and PID in ``state_dir``) and wait until it
+    listens on ``socket_path`` (it imports torch first).
+
+    Raises:
+        DeployError: it exited, or did not listen within ``timeout`` seconds (the log tail is included).
+    """
+    proc = start_process(
+        f"site-worker-{site}", site_worker_command(socket_path, threads=threads), state_dir=state_dir, env=env
+    )
+    proc.wait_for_log(r"site worker listening on", timeout)
+    return proc

@@ -16,7 +16,7 @@ from typing import Any
 from fedmedlora.deploy.app_dir import app_config, write_app_dir
 from fedmedlora.deploy.commands import (
     SITE_WORKER_NODE_KEY,
-    site_worker_command,
+    start_site_worker,
     superlink_command,
     supernode_command,
     write_connection,
@@ -92,13 +92,14 @@ class LoopbackDeployment:
 
     def start_worker(self, site: str) -> ManagedProcess:
         sock = self.state_dir(site) / "worker.sock"
-        proc = start_process(
-            f"site-worker-{site}",
-            site_worker_command(sock, threads=self.worker_threads),
+        proc = start_site_worker(
+            site,
+            sock,
             state_dir=self.state,
+            threads=self.worker_threads,
             env=self._env(f"site-worker-{site}"),
+            timeout=self.start_timeout,
         )
-        proc.wait_for_log(r"site worker listening on", self.start_timeout)
         self.workers[site] = proc
         return proc
 

@@ -72,13 +72,16 @@ class RejoiningGrid:
             if getattr(n, "last_activated_at", "")
         }
 
-    def _resend(self, sent: Message, pending: dict[str, tuple[Message, str]], activated: str) -> None:
+    def _resend(
+        self, sent: Message, pending: dict[str, tuple[Message, str]], activated: str, resends: dict[int, int]
+    ) -> None:
         nid = sent.metadata.dst_node_id
         again = Message(
             sent.content, dst_node_id=nid, message_type=sent.metadata.message_type, group_id=sent.metadata.group_id
         )
         (new_id,) = list(self._grid.push_messages([again]))
         pending[new_id] = (again, activated)
+        resends[nid] = resends.get(nid, 0) + 1
         self.resent.append((nid, sent.metadata.message_type))
         log.warning("%s is back online: sent it the %s again", self._describe(nid), sent.metadata.message_type)
 
@@ -130,15 +133,13 @@ class RejoiningGrid:
                         "%s restarted during %s: its message was lost", self._describe(nid), sent.metadata.message_type
                     )
                     del pending[mid]
-                    resends[nid] = resends.get(nid, 0) + 1
-                    self._resend(sent, pending, current)
+                    self._resend(sent, pending, current, resends)
             if lost:
                 online = set(self._grid.get_node_ids())
                 for nid, (sent, error, give_up) in list(lost.items()):
                     if nid in online:
                         del lost[nid]
-                        resends[nid] = resends.get(nid, 0) + 1
-                        self._resend(sent, pending, activations.get(nid, ""))
+                        self._resend(sent, pending, activations.get(nid, ""), resends)
                     elif now >= give_up:
                         del lost[nid]
                         if error is not None:

@@ -73,6 +73,15 @@ def message_round(msg: Message) -> int | None:
     return None if rnd is None else int(rnd)
 
 
+def replace_contents(target: RecordDict, source: RecordDict) -> None:
+    """Make ``target`` hold exactly ``source``'s records, in place (a node's ``context.state`` must stay the object
+    the Flower runtime keeps and sends back)."""
+    for key in list(target.keys()):
+        del target[key]
+    for key, record in source.items():
+        target[key] = record
+
+
 # ---- ArrayRecord <-> dict[str, ndarray] ----------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # pylint: disable=no-name-in-module
 
 from fedmedlora.config import RunConfig
+from fedmedlora.federation.messages import replace_contents
 
 #: Node config key: the site-local folder of this node's state.
 STATE_DIR_KEY = "state-dir"
@@ -162,12 +163,7 @@ def restore(context: Context, cfg: RunConfig, site: str, round_: int) -> SiteSta
                 if others
                 else "",
             )
-        saved = saved or RecordDict()
-        state = context.state  # in place: the runtime keeps (and sends back) this very object
-        for key in list(state.keys()):
-            del state[key]
-        for key, record in saved.items():
-            state[key] = record
+        replace_contents(context.state, saved or RecordDict())
     return store
 
 

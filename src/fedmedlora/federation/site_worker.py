@@ -19,8 +19,8 @@ If the worker is not reachable the ClientApp logs a warning and runs the handler
 result); an error inside the worker is raised in the ClientApp with the worker's message, as an in-process error
 would be.
 
-Layer: adapter. This module imports only the standard library and flwr at import time (the ClientApp process must
-stay light); the worker loop imports the handlers (torch, transformers) when it starts.
+Layer: adapter. This module imports only the standard library, flwr and the message contract at import time (the
+ClientApp process must stay light); the worker loop imports the handlers (torch, transformers) when it starts.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from flwr.app import Context, Message
 from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Context as ProtoContext
 from flwr.proto.message_pb2 import Message as ProtoMessage
+
+from fedmedlora.federation.messages import replace_contents
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +159,7 @@ def forward(path: str | Path, kind: str, msg: Message, context: Context, *, conn
     if len(blobs) != 2:
         raise ProtocolError(f"a reply has 2 blobs, got {len(blobs)}")
     reply, new_context = _decode(*blobs)
-    state = context.state
-    for key in list(state.keys()):
-        del state[key]
-    for key, record in new_context.state.items():
-        state[key] = record
+    replace_contents(context.state, new_context.state)
     return reply
 
 

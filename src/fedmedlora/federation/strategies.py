@@ -319,25 +319,25 @@ class LoraStrategy(FedAvg):
             mean, rlog.privacy["client"] = self.client_dp.release(
                 [r.arrays for r in ok], weights, {k: self._global[k] for k in upload}, sites, rnd
             )
-        elif self.settings.robust != "none":
-            spec = {k: v for k, v in spec_of(self._global).items() if k in ok[0].arrays}
-            mean = robust_mean(
-                [r.arrays for r in ok],
-                self.settings.robust,
-                trim_fraction=self.settings.trim_fraction,
-                sites=sites,
-                expected=spec,
-            )
-            weights = [1.0 / len(ok)] * len(ok)  # what the robust rule gives each site on average
-            rlog.robust = {
-                "rule": self.settings.robust,
-                "trimmed_per_end": trimmed_count(len(ok), self.settings.trim_fraction)
-                if self.settings.robust == "trimmed-mean"
-                else None,
-            }
         else:
             spec = {k: v for k, v in spec_of(self._global).items() if k in ok[0].arrays}
-            mean = weighted_mean([r.arrays for r in ok], weights, sites=sites, expected=spec)
+            if self.settings.robust == "none":
+                mean = weighted_mean([r.arrays for r in ok], weights, sites=sites, expected=spec)
+            else:
+                mean = robust_mean(
+                    [r.arrays for r in ok],
+                    self.settings.robust,
+                    trim_fraction=self.settings.trim_fraction,
+                    sites=sites,
+                    expected=spec,
+                )
+                weights = [1.0 / len(ok)] * len(ok)  # what the robust rule gives each site on average
+                rlog.robust = {
+                    "rule": self.settings.robust,
+                    "trimmed_per_end": trimmed_count(len(ok), self.settings.trim_fraction)
+                    if self.settings.robust == "trimmed-mean"
+                    else None,
+                }
         new_global = merge_into(self._global, mean)
         if self.record_dp:
             rlog.privacy["sites"] = {r.site: r.metrics[DP_EPSILON] for r in ok}
