@@ -544,3 +544,53 @@ def test_connection_address_is_checked_and_a_failed_call_leaves_the_file(tmp_pat
     with pytest.raises(deploy.DeployError, match="not valid TOML"):
         deploy.write_connection(home, "h3", "127.0.0.1:1", insecure=True)
     assert path.read_text() == "[superlink\nbroken"
+
+
+def _trusted_entities_file(root: Path) -> Path:
+    """A valid ``--trusted-entities`` YAML: one Ed25519 key (made with ssh-keygen) under a Flower key id."""
+    import subprocess
+
+    root.mkdir(parents=True, exist_ok=True)
+    key = root / "release_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "coordinator-release-key", "-f", str(key)], check=True
+    )
+    path = root / "trusted-entities.yaml"
+    public = (root / "release_ed25519.pub").read_text().strip()
+    path.write_text(f'fpk_00000000-0000-0000-0000-000000000001: "{public}"\n', encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_a_node_with_trusted_entities_refuses_the_unsigned_app_and_the_round_goes_on(
+    world: Path, tmp_path: Path
+) -> None:
+    """gamma's SuperNode only runs apps signed by a key in its allow-list. The coordinator's app is built and
+    submitted locally, unsigned (a self-hosted SuperLink has no app verification in Flower 1.41), so gamma refuses
+    it in every round and never starts a ClientApp; the coordinator records gamma's refusal by name and the run
+    finishes with alpha and beta."""
+    trusted = _trusted_entities_file(tmp_path / "release")
+
+    class GammaTrustsOnlySignedApps(Deployment):
+        def start_node(self, site: str, **kw):
+            if site == "gamma" and "key" not in kw:
+                kw["trusted_entities"] = trusted
+            return super().start_node(site, **kw)
+
+    dep = GammaTrustsOnlySignedApps(tmp_path / "dep", world / "bench")
+    try:
+        dep.up()
+        run_dir = tmp_path / "run"
+        run_id = dep.submit(_cfg(world, rounds=1, min_sites=2), run_dir)
+        status = dep.wait(run_id, timeout=RUN_TIMEOUT)
+        assert status["status"] == "finished:completed", (status, dep.logs(run_id)[-4000:])
+        gamma_log = dep.nodes["gamma"].log_text()
+    finally:
+        dep.down()
+    assert "The FAB could not be verified" in gamma_log or "FAB verification failed" in gamma_log, gamma_log[-3000:]
+    # gamma never ran the app: no ClientApp saved a site state there, while the sites that trained did
+    assert not list(dep.state_dir("gamma").rglob("round_*.pb"))
+    assert list(dep.state_dir("alpha").rglob("round_*.pb"))
+    rounds = _rounds(run_dir)
+    assert rounds[1]["sites"] == ["alpha", "beta"], rounds[1]
+    assert any(f.startswith("gamma") and "could not be verified" in f for f in rounds[1]["failures"]), rounds[1]
