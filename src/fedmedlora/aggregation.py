@@ -1,7 +1,8 @@
 """Server-side aggregation of LoRA adapters: weight rules and the per-tensor weighted mean.
 
-Owns: the four aggregation rules (Fed-MedLoRA, Fed-MedLoRA+, FedSA-LoRA, FFA-LoRA), their per-site weights,
-which adapter tensors each rule shares, and the checked weighted mean of named arrays. It works on plain
+Owns: the five aggregation rules (Fed-MedLoRA, Fed-MedLoRA+, FedSA-LoRA, FFA-LoRA, RoLoRA), their per-site
+weights (with Fed-MedLoRA+'s data-chosen temperature and the weights' normalised entropy), which adapter tensors
+each rule shares (in which round), and the checked weighted mean of named arrays. It works on plain
 ``dict[str, numpy.ndarray]`` so it can be tested with hand-made tensors.
 
 Must not import torch, transformers, peft or flwr (pure core: stdlib + numpy only).
@@ -16,11 +17,23 @@ Rules
                  ``k``'s adapter. ``combine_with_size=True`` multiplies by the size weight and renormalises
                  (the "dataset size and validation utility" reading of the paper). Where ``L_k`` comes from
                  (coordinator-held validation set or each site's own dev split) is the caller's business.
+                 ``temperature_rule`` chooses ``T`` from the data: ``"fixed"`` (``T = temperature``), ``"std"``
+                 (``T = temperature × std(L)``) or ``"range"`` (``T = temperature × (max L − min L)``); with a
+                 data-chosen ``T`` the weights do not change when every loss is shifted or scaled, the best site
+                 gets ``exp(1 / temperature)`` times the worst site's weight under ``"range"``, and identical
+                 losses give uniform weights (``data_temperature``).
 ``fedsa``        FedSA-LoRA (Guo et al., ICLR 2025): only ``lora_A`` tensors are shared and averaged (size
                  weights); each site keeps its own ``lora_B``.
 ``ffa``          FFA-LoRA (Sun et al., ICLR 2024): ``lora_A`` stays frozen at the shared random initialisation;
                  only ``lora_B`` is trained, shared and averaged (size weights). ``B̄A`` is then the exact average
                  of the sites' ``B_k A``.
+``rolora``       RoLoRA (Chen et al., arXiv 2502.01755, "alternating optimisation of LoRA"): the rounds alternate
+                 which factor is trained and shared (``rolora_factor``): odd rounds train and share ``lora_B`` with
+                 ``lora_A`` frozen, even rounds ``lora_A`` with ``lora_B`` frozen (size weights). The frozen factor
+                 is the same at every site (the global one), so the plain weighted mean of the trained factor is
+                 exact for the product: ``B̄A = Σ w_k B_k A`` (odd rounds), ``B Ā = Σ w_k B A_k`` (even rounds).
+                 Round 1 trains B because LoRA starts from ``B = 0``, where A gets no gradient. Each upload is
+                 one factor: about half of Fed-MedLoRA's bytes.
 """
 
 from __future__ import annotations
@@ -33,7 +46,9 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Rule names accepted everywhere (config, CLI, Flower run config).
-RULES: tuple[str, ...] = ("fedmedlora", "fedmedlora+", "fedsa", "ffa")
+RULES: tuple[str, ...] = ("fedmedlora", "fedmedlora+", "fedsa", "ffa", "rolora")
+#: How Fed-MedLoRA+ chooses its temperature (``data_temperature``).
+TEMPERATURE_RULES: tuple[str, ...] = ("fixed", "std", "range")
 #: What a site's size weight counts.
 SIZE_KEYS: tuple[str, ...] = ("tokens", "examples")
 #: Where Fed-MedLoRA+ takes each site's validation loss from.
@@ -58,7 +73,9 @@ class AggregationSettings:
         size_key: ``"tokens"`` (reference: supervised target tokens of the site's training set) or
             ``"examples"``; used by ``fedmedlora``, ``fedsa``, ``ffa`` and by ``fedmedlora+`` when
             ``combine_with_size`` is set.
-        temperature: ``T`` of ``softmax(−L / T)`` for ``fedmedlora+``; ``math.inf`` gives uniform weights.
+        temperature: ``T`` of ``softmax(−L / T)`` for ``fedmedlora+``; ``math.inf`` gives uniform weights. Under a
+            data-chosen ``temperature_rule`` it is the constant that multiplies the losses' spread.
+        temperature_rule: ``"fixed"``, ``"std"`` or ``"range"`` (see ``data_temperature``).
         loss_source: ``"server"`` (loss of each site's adapter on the coordinator-held labelled validation
             set; paper-faithful) or ``"site"`` (each site reports the loss of its adapter on its own dev split;
             no labelled data at the server). Only read by ``fedmedlora+``.
@@ -71,6 +88,7 @@ class AggregationSettings:
     rule: str = "fedmedlora"
     size_key: str = "tokens"
     temperature: float = 1.0
+    temperature_rule: str = "fixed"
     loss_source: str = "server"
     combine_with_size: bool = False
     robust: str = "none"
@@ -86,6 +104,8 @@ class AggregationSettings:
             errors.append(f"robust={self.robust!r} is not one of {ROBUST_RULES}")
         if not 0 <= self.trim_fraction < 0.5:
             errors.append(f"trim_fraction={self.trim_fraction!r} must be in [0, 0.5)")
+        if self.temperature_rule not in TEMPERATURE_RULES:
+            errors.append(f"temperature_rule={self.temperature_rule!r} is not one of {TEMPERATURE_RULES}")
         if self.loss_source not in LOSS_SOURCES:
             errors.append(f"loss_source={self.loss_source!r} is not one of {LOSS_SOURCES}")
         if not (isinstance(self.temperature, int | float) and self.temperature > 0) or math.isnan(self.temperature):
@@ -112,22 +132,43 @@ def is_lora_B(key: str) -> bool:
     return _LORA_B.search(key) is not None
 
 
-def shared_keys(rule: str, keys: Sequence[str] | set[str]) -> list[str]:
+def rolora_factor(round_: int) -> str:
+    """The LoRA factor RoLoRA trains and shares in a (1-based, global) round: ``"B"`` in odd rounds, ``"A"`` in
+    even ones.
+
+    Raises:
+        AggregationError: a round below 1.
+    """
+    if isinstance(round_, bool) or not isinstance(round_, int | np.integer) or round_ < 1:
+        raise AggregationError(f"rolora: the round must be an integer ≥ 1, got {round_!r}")
+    return "B" if round_ % 2 == 1 else "A"
+
+
+def shared_keys(rule: str, keys: Sequence[str] | set[str], round_: int | None = None) -> list[str]:
     """The adapter tensors that a rule sends from the sites to the server and averages, sorted.
 
     Args:
         rule: One of ``RULES``.
         keys: All adapter tensor names.
+        round_: The (1-based, global) round; required by ``rolora``, ignored by the other rules.
 
     Returns:
         ``fedmedlora`` / ``fedmedlora+``: every key. ``fedsa``: every key except the ``lora_B`` ones (kept
-        private). ``ffa``: every key except the ``lora_A`` ones (frozen at the shared init).
+        private). ``ffa``: every key except the ``lora_A`` ones (frozen at the shared init). ``rolora``: every
+        key except those of the factor frozen this round (``rolora_factor``: odd rounds drop ``lora_A``, even
+        rounds drop ``lora_B``).
 
     Raises:
-        AggregationError: unknown rule, or ``fedsa``/``ffa`` on keys with no ``lora_A`` or no ``lora_B``.
+        AggregationError: unknown rule, ``fedsa``/``ffa``/``rolora`` on keys with no ``lora_A`` or no ``lora_B``,
+            or ``rolora`` without a round.
     """
     if rule not in RULES:
         raise AggregationError(f"unknown aggregation rule {rule!r}; expected one of {RULES}")
+    factor = None
+    if rule == "rolora":
+        if round_ is None:
+            raise AggregationError("rule 'rolora' shares a different factor each round; shared_keys needs round_")
+        factor = rolora_factor(round_)
     ordered = sorted(keys)
     if rule in ("fedmedlora", "fedmedlora+"):
         return ordered
@@ -138,7 +179,7 @@ def shared_keys(rule: str, keys: Sequence[str] | set[str]) -> list[str]:
             f"rule {rule!r} needs lora_A and lora_B tensors; got {n_a} lora_A and {n_b} lora_B keys "
             f"(first keys: {ordered[:3]})"
         )
-    if rule == "fedsa":
+    if rule == "fedsa" or factor == "A":
         return [k for k in ordered if not is_lora_B(k)]
     return [k for k in ordered if not is_lora_A(k)]
 
@@ -197,6 +238,43 @@ def loss_weights(losses: Sequence[float], temperature: float = 1.0, sites: Seque
     return normalize_weights(np.exp(logits), sites)
 
 
+def data_temperature(losses: Sequence[float], rule: str = "fixed", temperature: float = 1.0) -> float:
+    """The temperature ``T`` of Fed-MedLoRA+'s ``softmax(−L / T)`` under a ``temperature_rule``.
+
+    ``"fixed"``: ``T = temperature`` (the paper's ``T = 1``). ``"std"``: ``T = temperature × std(L)`` (population
+    standard deviation). ``"range"``: ``T = temperature × (max L − min L)``, so the best site gets
+    ``exp(1 / temperature)`` times the worst site's weight whatever the losses' scale. A data-chosen ``T`` makes the
+    weights invariant to shifting or scaling every loss (a fixed ``T = 1`` gives near-uniform weights when the losses
+    differ by 0.16); when the losses do not differ at all it is ``math.inf`` (uniform weights).
+
+    Raises:
+        AggregationError: an unknown rule, a temperature ≤ 0, or a loss that is not finite.
+    """
+    if rule not in TEMPERATURE_RULES:
+        raise AggregationError(f"temperature_rule={rule!r} is not one of {TEMPERATURE_RULES}")
+    if not (temperature > 0) or math.isnan(temperature):
+        raise AggregationError(f"temperature must be > 0, got {temperature!r}")
+    vec = _as_vector(losses, "losses", None)
+    if rule == "fixed":
+        return float(temperature)
+    spread = float(vec.max() - vec.min())
+    if not spread > 0:  # identical losses (np.std of equal values can round to 1e-16, not 0)
+        return math.inf
+    if rule == "std":
+        spread = float(vec.std())
+    return float(temperature) * spread
+
+
+def normalized_entropy(weights: Sequence[float]) -> float:
+    """Shannon entropy of normalised weights divided by ``log n``: 1 for uniform weights, 0 when one site gets all
+    the weight (1 for a single site: its weight is trivially uniform). Logged per round in ``rounds.jsonl``."""
+    w = normalize_weights(weights)
+    if w.size == 1:
+        return 1.0
+    nz = w[w > 0]
+    return float(min(1.0, max(0.0, -(nz * np.log(nz)).sum() / math.log(w.size))))
+
+
 def aggregation_weights(
     rule: str,
     sizes: Sequence[float],
@@ -204,6 +282,7 @@ def aggregation_weights(
     temperature: float = 1.0,
     *,
     combine_with_size: bool = False,
+    temperature_rule: str = "fixed",
     sites: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Normalised per-site weights for a rule.
@@ -213,8 +292,9 @@ def aggregation_weights(
         sizes: Per-site size (training tokens or examples); used by all rules except plain ``fedmedlora+``
             (where it is still checked to be finite).
         losses: Per-site validation losses; required by ``fedmedlora+``, ignored otherwise.
-        temperature: ``T`` for ``fedmedlora+``.
+        temperature: ``T`` for ``fedmedlora+`` (the multiplier of the losses' spread under ``temperature_rule``).
         combine_with_size: ``fedmedlora+``: ``w ∝ n_k · exp(−L_k / T)``.
+        temperature_rule: ``fedmedlora+``: how ``T`` is chosen (``data_temperature``).
         sites: Site names, only for error messages.
 
     Returns:
@@ -227,7 +307,8 @@ def aggregation_weights(
         return size_weights(size_vec, sites)
     if losses is None:
         raise AggregationError("rule 'fedmedlora+' needs one validation loss per site; got none")
-    lw = loss_weights(losses, temperature, sites)
+    _as_vector(losses, "losses", sites)  # names the site before data_temperature looks at the values
+    lw = loss_weights(losses, data_temperature(losses, temperature_rule, temperature), sites)
     if lw.size != size_vec.size:
         raise AggregationError(f"{lw.size} losses for {size_vec.size} sizes")
     if combine_with_size:
@@ -248,6 +329,7 @@ def weights_for(
         losses,
         settings.temperature,
         combine_with_size=settings.combine_with_size,
+        temperature_rule=settings.temperature_rule,
         sites=sites,
     )
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedmedlora.aggregation import LOSS_SOURCES, RULES, SIZE_KEYS
+from fedmedlora.aggregation import LOSS_SOURCES, RULES, SIZE_KEYS, TEMPERATURE_RULES
 from fedmedlora.compression import METHODS
 from fedmedlora.privacy import CLIENT_DP_WEIGHTS, UNITS
 
@@ -157,7 +157,18 @@ class FederationConfig(_Section):
         description="Fed-MedLoRA+: 'server' = loss on the coordinator-held validation set (paper); 'site' = each "
         "site reports the loss on its own dev split (no labelled data at the server).",
     )
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Fed-MedLoRA+: T of softmax(-loss / T) under temperature_rule=fixed; under std or range, the "
+        "constant that multiplies the losses' spread.",
+    )
+    temperature_rule: Literal[TEMPERATURE_RULES] = Field(
+        "fixed",
+        description="Fed-MedLoRA+: 'fixed' (T = temperature, the paper's T = 1), 'std' (T = temperature x std of "
+        "the round's losses) or 'range' (T = temperature x (max - min)): a data-chosen T separates sites whose "
+        "losses differ by little, and identical losses give uniform weights.",
+    )
     combine_with_size: bool = False
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(1, ge=1)
@@ -203,7 +214,7 @@ class FederationConfig(_Section):
     secure_aggregation: bool = Field(
         False,
         description="SecAgg+ (Flower's): the coordinator learns only the weighted sum of the sites' updates, "
-        "never one site's adapter (fedmedlora, fedsa, ffa; fedmedlora+ with plus_loss_source=site).",
+        "never one site's adapter (fedmedlora, fedsa, ffa, rolora; fedmedlora+ with plus_loss_source=site).",
     )
     secagg_threshold: float = Field(
         0.67, gt=0, le=1, description="SecAgg+: fraction of a site's shares needed to unmask (dropout tolerance)."
@@ -307,10 +318,15 @@ class RunConfig(_Section):
                 f"federation.robust={f.robust}: a median or trimmed mean needs each site's update, which "
                 "secure aggregation hides and client-level DP's noise calibration does not cover; use one or the other"
             )
+        if f.strategy == "rolora" and self.train.keep_optimizer_state:
+            raise ValueError(
+                "federation.strategy=rolora: the trained LoRA factor alternates every round, so AdamW state cannot "
+                "be carried across rounds; set train.keep_optimizer_state=false"
+            )
         if self.federation.dp.enabled and self.federation.strategy == "fedmedlora+":
             raise ValueError(
                 "federation.dp: client-level DP needs weights fixed before the sites' updates are seen; "
-                "Fed-MedLoRA+ weights each site by the loss of its own update (use fedmedlora, fedsa or ffa)"
+                "Fed-MedLoRA+ weights each site by the loss of its own update (use fedmedlora, fedsa, ffa or rolora)"
             )
         return self
 

@@ -74,6 +74,7 @@ def aggregation_settings(cfg: RunConfig) -> AggregationSettings:
         rule=f.strategy,
         size_key=f.weight_by,
         temperature=f.temperature,
+        temperature_rule=f.temperature_rule,
         loss_source=f.plus_loss_source,
         combine_with_size=f.combine_with_size,
         robust=f.robust,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedmedlora.aggregation import is_lora_A, shared_keys
+from fedmedlora.aggregation import is_lora_A, is_lora_B, rolora_factor, shared_keys
 from fedmedlora.compression import Transport
 from fedmedlora.config import RunConfig
 from fedmedlora.federation.messages import (
@@ -76,6 +76,22 @@ def _set_lora_a_trainable(model: Any, trainable: bool) -> None:
     for name, param in model.named_parameters():
         if "lora_" in name and is_lora_A(name):
             param.requires_grad_(trainable)
+
+
+def _set_lora_b_trainable(model: Any, trainable: bool) -> None:
+    for name, param in model.named_parameters():
+        if "lora_" in name and is_lora_B(name):
+            param.requires_grad_(trainable)
+
+
+def frozen_factor(rule: str, rnd: int) -> str | None:
+    """The LoRA factor a site keeps frozen in a round: ``"A"`` for FFA-LoRA (always) and for RoLoRA's odd rounds,
+    ``"B"`` for RoLoRA's even rounds (``aggregation.rolora_factor``), None for the other rules."""
+    if rule == "ffa":
+        return "A"
+    if rule == "rolora":
+        return "A" if rolora_factor(rnd) == "B" else "B"
+    return None
 
 
 def _state_arrays(state: RecordDict, key: str, who: str = "") -> dict[str, np.ndarray] | None:
@@ -149,7 +165,9 @@ def train(msg: Message, context: Context) -> Message:
         settings = settings.model_copy(update={"dp_calls": cfg.federation.rounds, "dp_round": rnd})
         ledger = load_ledger(context, site)
 
-    _set_lora_a_trainable(session.model, rule != "ffa")  # FFA-LoRA: A frozen at the shared init
+    frozen = frozen_factor(rule, rnd)  # FFA-LoRA: A frozen at the shared init; RoLoRA: the factor not trained
+    _set_lora_a_trainable(session.model, frozen != "A")
+    _set_lora_b_trainable(session.model, frozen != "B")
     try:
         result = session.train(
             examples, start, cfg, settings=settings, optimizer_state=opt_state, progress=False, privacy_ledger=ledger
@@ -161,6 +179,7 @@ def train(msg: Message, context: Context) -> Message:
         return _refusal(msg, site, refusal)
     finally:
         _set_lora_a_trainable(session.model, True)
+        _set_lora_b_trainable(session.model, True)
     if result.privacy is not None:
         save_ledger(context, result.privacy.ledger)
 
@@ -170,7 +189,7 @@ def train(msg: Message, context: Context) -> Message:
         state[FEDSA_PRIVATE_KEY] = to_record({k: arrays[k] for k in private_keys})
     if result.optimizer_state is not None:
         state[OPTIMIZER_KEY] = to_record({k: v.detach().cpu().numpy() for k, v in result.optimizer_state.items()})
-    upload = sorted(arrays) if send_private else shared_keys(rule, arrays)
+    upload = sorted(arrays) if send_private else shared_keys(rule, arrays, rnd)
     if cfg.federation.dp.enabled:  # client-level DP: bound this site's influence before anything leaves
         clipped, _norm = clip_update({k: arrays[k] for k in upload}, received, cfg.federation.dp.clip_norm)
         arrays.update(clipped)

@@ -12,6 +12,8 @@ overriding only what differs:
                     except in the last round, when every tensor is sent so the final global adapter is complete.
 ``FFA``             ``lora_A`` stays frozen at the shared initialisation (the sites freeze it); only ``lora_B`` is
                     trained, shared and averaged.
+``RoLoRA``          ``upload_keys``: the rounds alternate the trained and shared factor (odd rounds ``lora_B``, even
+                    rounds ``lora_A``; the sites freeze the other one from the round's ``rule`` and ``server-round``).
 
 Adding a rule = adding a class here and its name to ``fedmedlora.aggregation.RULES``. The maths (weights,
 weighted mean, which keys a rule shares) is the pure ``fedmedlora.aggregation``.
@@ -23,6 +25,7 @@ Fed-MedLoRA+ is injected as a plain callable ``server_loss_fn(arrays) -> float``
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,8 +39,11 @@ from flwr.serverapp.strategy import FedAvg
 from fedmedlora.aggregation import (
     AggregationError,
     AggregationSettings,
+    data_temperature,
     merge_into,
+    normalized_entropy,
     robust_mean,
+    rolora_factor,
     shared_keys,
     size_weights,
     spec_of,
@@ -113,6 +119,12 @@ class RoundLog:
     screening: dict[str, str] = field(default_factory=dict)
     #: ``federation.robust`` in force: the rule and how many sites were trimmed per end (None: weighted mean)
     robust: dict[str, Any] | None = None
+    #: normalised entropy of ``weights`` (1 = uniform, 0 = one site takes all; ``aggregation.normalized_entropy``)
+    weights_entropy: float | None = None
+    #: Fed-MedLoRA+: the temperature ``T`` used this round (None: infinite, uniform weights; ``temperature_rule``)
+    temperature: float | None = None
+    #: RoLoRA: the factor (``"A"`` or ``"B"``) trained and shared this round
+    trained_factor: str | None = None
 
 
 class LoraStrategy(FedAvg):
@@ -201,6 +213,7 @@ class LoraStrategy(FedAvg):
         self.messages: list[dict[str, Any]] = []  # comm records not yet flushed by the round recorder
         self._global: dict[str, np.ndarray] = {}
         self._expected_up: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.last_temperature: float | None = None  # Fed-MedLoRA+: T of the latest site_weights call
 
     # -- what differs between rules ---------------------------------------------------------------------------
     def upload_keys(self, keys: Iterable[str], round_: int) -> list[str]:
@@ -267,6 +280,7 @@ class LoraStrategy(FedAvg):
         if self.transport.enabled:  # sites start from the rounded global; the server keeps it as the reference
             arrays = to_record(payload)
         upload = self.upload_keys(self._global, rnd)
+        shared = shared_keys(self.rule, list(self._global), rnd)
         self._expected_up = self.transport.upload_spec({k: v for k, v in spec_of(self._global).items() if k in upload})
         if self.secure is not None:  # the tensors come through SecAgg+, the train replies carry none
             self._secure_spec, self._expected_up = self._expected_up, {}
@@ -277,7 +291,7 @@ class LoraStrategy(FedAvg):
         cfg[ROUND] = rnd
         cfg[RULE] = self.rule
         # more than the rule shares (FedSA's last round): the sites add their private tensors to the upload
-        cfg[SEND_PRIVATE] = set(upload) != set(shared_keys(self.rule, list(self._global)))
+        cfg[SEND_PRIVATE] = set(upload) != set(shared)
         cfg[COMPRESSION] = self.compression
         cfg[SECURE] = self.secure is not None
         record = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg})
@@ -345,9 +359,12 @@ class LoraStrategy(FedAvg):
         rlog.sites = sites
         rlog.node_ids = [r.node_id for r in ok]
         rlog.weights = {s: float(w) for s, w in zip(sites, weights, strict=True)}
+        rlog.weights_entropy = normalized_entropy(weights)
         rlog.sizes = {s: float(n) for s, n in zip(sites, sizes, strict=True)}
         if losses is not None:
             rlog.losses = {s: float(v) for s, v in zip(sites, losses, strict=True)}
+            if self.last_temperature is not None and math.isfinite(self.last_temperature):
+                rlog.temperature = self.last_temperature
             rlog.loss_source = self.settings.loss_source
         rlog.train_loss = {r.site: r.metrics[TRAIN_LOSS] for r in ok if TRAIN_LOSS in r.metrics}
         rlog.bytes_up = {r.site: r.nbytes + secure_bytes.get(r.node_id, 0) for r in ok}
@@ -570,6 +587,7 @@ class FedMedLoRAPlus(LoraStrategy):
         else:
             assert self.server_loss_fn is not None
             losses = [float(self.server_loss_fn(merge_into(self._global, r.arrays))) for r in replies]
+        self.last_temperature = data_temperature(losses, self.settings.temperature_rule, self.settings.temperature)
         return weights_for(self.settings, sizes, losses, [r.site for r in replies]), losses
 
 
@@ -594,8 +612,29 @@ class FFA(LoraStrategy):
     rule = "ffa"
 
 
+class RoLoRA(LoraStrategy):
+    """RoLoRA (Chen et al., arXiv 2502.01755): alternating optimisation of the two LoRA factors. Odd rounds train
+    and share ``lora_B`` with ``lora_A`` frozen, even rounds ``lora_A`` with ``lora_B`` frozen (the sites freeze
+    the factor from the round's ``rule`` and ``server-round``, ``aggregation.rolora_factor``). Every site holds the
+    same frozen factor, so the size-weighted mean of the trained one is exact for the product ``BA``; each upload is
+    one factor (about half of Fed-MedLoRA's bytes). The global adapter is complete after every round."""
+
+    rule = "rolora"
+
+    def upload_keys(self, keys: Iterable[str], round_: int) -> list[str]:
+        return shared_keys(self.rule, list(keys), round_)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = super().configure_train(server_round, arrays, config, grid)
+        rnd = self.global_round(server_round)
+        self.rounds[rnd].trained_factor = rolora_factor(rnd)
+        return messages
+
+
 #: Rule name → strategy class; exactly ``fedmedlora.aggregation.RULES``.
-STRATEGIES: dict[str, type[LoraStrategy]] = {cls.rule: cls for cls in (FedMedLoRA, FedMedLoRAPlus, FedSA, FFA)}
+STRATEGIES: dict[str, type[LoraStrategy]] = {cls.rule: cls for cls in (FedMedLoRA, FedMedLoRAPlus, FedSA, FFA, RoLoRA)}
 
 
 def make_strategy(settings: AggregationSettings, **kwargs: Any) -> LoraStrategy:
