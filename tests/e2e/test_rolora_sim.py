@@ -20,14 +20,23 @@ pytestmark = pytest.mark.slow
 SITES = ["alpha", "beta", "gamma"]
 
 
-def test_rolora_two_rounds_alternate_the_factor(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return build_tiny_world(tmp_path_factory.mktemp("roloraworld"), SITES, [2, 3, 4])
+
+
+def _run(world: Path, out: Path, *extra: str):
     from fedmedlora.federation.simulation import run_federation
+
+    cfg = tiny_federation_config(world, "rolora", SITES, "federation.strategy=rolora", *extra, rounds=2)
+    return run_federation(cfg, out, data_dir=world / "bench")
+
+
+def test_rolora_two_rounds_alternate_the_factor(world: Path, tmp_path: Path) -> None:
     from fedmedlora.lm.adapter_io import load_adapter_arrays
 
-    world = build_tiny_world(tmp_path / "world", SITES, [2, 3, 4])
-    cfg = tiny_federation_config(world, "rolora", SITES, "federation.strategy=rolora", rounds=2)
     out = tmp_path / "run"
-    res = run_federation(cfg, out, data_dir=world / "bench")
+    res = _run(world, out)
 
     init = load_adapter_arrays(out / "adapters" / "round_0")
     r1 = load_adapter_arrays(out / "adapters" / "round_1")
@@ -59,3 +68,36 @@ def test_rolora_two_rounds_alternate_the_factor(tmp_path: Path) -> None:
     comm = [json.loads(x) for x in (out / "comm.jsonl").read_text().splitlines()]
     up_bytes = sum(c["bytes"] for c in comm if c["direction"] == "up")
     assert up_bytes == pytest.approx(3 * payload, rel=0.05)  # 2 rounds × 3 sites × half the adapter
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("federation.secure_aggregation=true",),
+        ("federation.dp.noise_multiplier=0.5", "federation.dp.clip_norm=0.5", "federation.dp.reproducible_noise=true"),
+    ],
+    ids=["secagg", "client-dp"],
+)
+def test_rolora_composes_with_secure_aggregation_and_client_dp(world: Path, tmp_path: Path, extra) -> None:
+    from fedmedlora.lm.adapter_io import load_adapter_arrays
+
+    plain = tmp_path / "plain"
+    _run(world, plain)
+    res = _run(world, tmp_path / "x", *extra)
+    init = load_adapter_arrays(tmp_path / "x" / "adapters" / "round_0")
+    r1 = load_adapter_arrays(tmp_path / "x" / "adapters" / "round_1")
+    r2 = load_adapter_arrays(tmp_path / "x" / "adapters" / "round_2")
+    p2 = load_adapter_arrays(plain / "adapters" / "round_2")
+    for k in init:  # the frozen factor never moves: no noise or quantisation error lands on it
+        if "lora_A" in k:
+            np.testing.assert_array_equal(r1[k], init[k])
+        else:
+            np.testing.assert_array_equal(r2[k], r1[k])
+    diff = max(float(np.abs(r2[k] - p2[k]).max()) for k in p2)
+    if "federation.secure_aggregation=true" in extra:
+        assert diff < 2e-4  # SecAgg+ adds only its quantisation error
+        assert all(rec.content["tensors"] == [] for rec in res.wire if rec.direction == "up")
+    else:
+        assert diff > 1e-3  # the coordinator's noise is there
+        rounds = [json.loads(x) for x in (tmp_path / "x" / "rounds.jsonl").read_text().splitlines()]
+        assert all(r["privacy"]["client"]["epsilon"] > 0 for r in rounds[1:])
