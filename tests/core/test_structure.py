@@ -40,6 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "fedmedlora.jsonl",
         "fedmedlora.metrics",
         "fedmedlora.parsing",
+        "fedmedlora.partition",
         "fedmedlora.prepare",
         "fedmedlora.privacy",
         "fedmedlora.prompts",
