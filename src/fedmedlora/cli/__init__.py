@@ -153,6 +153,7 @@ def extract(
     adapter: Path = typer.Option(None, help="Adapter folder; omit for zero-shot."),
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL: entities and modifiers with char offsets."),
     brat: Path = typer.Option(None, help="Also write BRAT standoff (.txt + .ann per note) into this folder."),
+    html: Path = typer.Option(None, "--html", help="Also write the notes with the predicted spans highlighted."),
     entity: list[str] = typer.Option(None, "--entity", help="Entity types to extract (default: all four)."),
     modifier: list[str] = typer.Option(None, "--modifier", help="Modifier types (default: all 16)."),
     config: str = ConfigOpt,
@@ -165,10 +166,19 @@ def extract(
     if adapter is not None:
         cfg = with_adapter_prompting(cfg, adapter)
     try:
+        if html is not None:
+            from fedmedlora.html_report import check_html_path
+
+            check_html_path(html, "--html")
         n = extract_notes(cfg, notes, out, adapter=adapter, brat_dir=brat, entities=entity, modifiers=modifier)
+        if html is not None:
+            from fedmedlora.extract import read_notes
+            from fedmedlora.html_report import write_notes_html
+
+            write_notes_html(read_notes(notes), out, html, title=f"Extraction: {', '.join(p.name for p in notes)}")
     except user_errors() as e:
         raise fail(str(e)) from None
-    typer.echo(f"{n} notes -> {out}" + (f" (+ BRAT in {brat})" if brat else ""))
+    typer.echo(f"{n} notes -> {out}" + (f" (+ BRAT in {brat})" if brat else "") + (f" (+ HTML {html})" if html else ""))
 
 
 # ---- federation (fedmedlora.federation) -----------------------------------------------------------------------
@@ -289,6 +299,23 @@ def study(
         raise fail(str(e)) from None
     typer.echo(res["markdown"])
     typer.echo(f"study folder: {out}")
+
+
+@app.command()
+def report(
+    study_dir: Path = typer.Argument(..., help="A finished study folder (holds study.json)."),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default: <study-dir>/report.html)."),
+    sentences: int = typer.Option(12, "--sentences", min=1, help="Test sentences per site in the error browser."),
+) -> None:
+    """Rebuild a study's report.html: tables with intervals, paired comparisons, per-round curves, breakdowns and
+    an error browser of gold against predicted spans (one self-contained file, no network needed to view it)."""
+    from fedmedlora.html_report import write_report
+
+    try:
+        path = write_report(study_dir, out, per_site=sentences)
+    except user_errors() as e:
+        raise fail(str(e)) from None
+    typer.echo(f"report: {path}")
 
 
 # ---- encoder baseline (fedmedlora.encoder) --------------------------------------------------------------------
