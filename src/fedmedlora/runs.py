@@ -23,8 +23,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +65,95 @@ class RunDirError(ValueError):
     """An output folder that a new run must not write into (a file, not writable, foreign, another kind of run)."""
 
 
+#: What a run writes at the top of its folder: what ``force_output_dir`` clears from an old run before a new one.
+RUN_OUTPUTS = (
+    CONFIG_FILE,
+    RUN_FILE,
+    ROUNDS_FILE,
+    COMM_FILE,
+    STATE_FILE,
+    SITE_STATE_DIR,
+    ADAPTERS_DIR,
+    EVAL_DIR,
+    STUDY_MD,
+    STUDY_CSV,
+    STUDY_JSON,
+    STUDY_ROW_FILE,
+    STUDY_PAIRED_CSV,
+    "plots",
+    "report.html",
+)
+
+#: Folders the user allowed a run into although they are not run folders (``force_output_dir``), resolved.
+_FORCED: set[Path] = set()
+
+
+def force_output_dir(path: str | Path, command: str = "", *, keep_same_kind: bool = False) -> list[str]:
+    """``--force``: let a new run of ``command`` into ``path``, saying what that does (never silently).
+
+    A run folder (it has ``run.json``) loses its old outputs (``RUN_OUTPUTS``: eval tables, adapters, rounds, ...)
+    so that old and new results cannot mix; with ``keep_same_kind`` a run of the same ``command`` is kept (a study
+    goes on where it stopped). A folder that is not a run folder is allowed as it is; its files that a run writes
+    too are named, and will be replaced. A file or a folder that cannot be written is still refused.
+
+    Returns:
+        One line per thing done or about to be overwritten (empty: nothing to say).
+
+    Raises:
+        RunDirError: the path is a file or cannot be written.
+    """
+    p = Path(path)
+    try:
+        check_output_dir(p, command)
+        return []
+    except RunDirError:
+        if not p.is_dir() or not os.access(p, os.W_OK):
+            raise
+    notes: list[str] = []
+    old = _run_command(p / RUN_FILE) if (p / RUN_FILE).is_file() else None
+    if old is None:
+        clash = sorted(name for name in RUN_OUTPUTS if (p / name).exists())
+        _FORCED.add(p.resolve())
+        notes.append(
+            f"--force: {p} is not a fedmedlora run folder; writing into it"
+            + (f" replaces its {', '.join(clash)}" if clash else " (none of its files has a run file's name)")
+        )
+        return notes
+    if keep_same_kind and old == command:
+        return notes
+    removed = []
+    for name in RUN_OUTPUTS:
+        q = p / name
+        if q.is_dir():
+            shutil.rmtree(q)
+        elif q.exists():
+            q.unlink()
+        else:
+            continue
+        removed.append(name)
+    notes.append(f"--force: cleared the earlier {old or 'unknown'!r} run in {p} ({', '.join(removed)})")
+    return notes
+
+
+def _run_command(run_file: Path) -> str:
+    """The ``command`` of a ``run.json`` ('' when it has none)."""
+    try:
+        return str(json.loads(run_file.read_text(encoding="utf-8")).get("command", ""))
+    except (OSError, ValueError, AttributeError):
+        raise RunDirError(f"{run_file}: unreadable; choose a new --out folder (or --force)") from None
+
+
+def ending_status(err: BaseException) -> str:
+    """How a run that raised ``err`` ended: ``interrupted`` (Ctrl-C, SIGTERM, a requested exit) or ``failed``."""
+    return "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
+
+
 def check_output_dir(path: str | Path, command: str = "") -> None:
     """Refuse, before any work, an output folder a new run of ``command`` would damage.
 
-    Allowed: a missing or empty folder, or a folder that already holds a run of the same ``command`` (a study
-    goes on where it stopped; each command refuses to redo its own finished parts).
+    Allowed: a missing or empty folder, a folder that already holds a run of the same ``command`` (a study
+    goes on where it stopped; each command refuses to redo its own finished parts), or a folder the user allowed
+    with ``--force`` (``force_output_dir``).
 
     Raises:
         RunDirError: the path is a file, cannot be written, holds files but no ``run.json`` (not a fedmedlora run
@@ -78,20 +165,19 @@ def check_output_dir(path: str | Path, command: str = "") -> None:
     existing = p if p.exists() else next((q for q in p.parents if q.exists()), Path("."))
     if not os.access(existing, os.W_OK):
         raise RunDirError(f"{p}: cannot write there ({existing} is not writable)")
-    if not p.is_dir() or not any(p.iterdir()):
+    if not p.is_dir() or not any(p.iterdir()) or p.resolve() in _FORCED:
         return
     run_file = p / RUN_FILE
     if not run_file.is_file():
         raise RunDirError(
             f"{p}: the folder is not empty and is not a fedmedlora run folder (no {RUN_FILE}); its files would be "
-            "overwritten: choose a new --out folder"
+            "overwritten: choose a new --out folder (or --force to write into it anyway)"
         )
-    try:
-        old = json.loads(run_file.read_text(encoding="utf-8")).get("command", "")
-    except (OSError, ValueError, AttributeError):
-        raise RunDirError(f"{run_file}: unreadable; choose a new --out folder") from None
+    old = _run_command(run_file)
     if command and old and old != command:
-        raise RunDirError(f"{p}: holds a {old!r} run; a {command!r} run needs a folder of its own")
+        raise RunDirError(
+            f"{p}: holds a {old!r} run; a {command!r} run needs a folder of its own (or --force to clear that run)"
+        )
 
 
 class RunDir:
@@ -159,6 +245,16 @@ class RunDir:
         d = self.path / EVAL_DIR
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    @contextmanager
+    def recording_end(self) -> Iterator[None]:
+        """Run the block; if it raises, ``run.json`` says ``interrupted`` or ``failed`` (never stays
+        ``running``), and the error goes on."""
+        try:
+            yield
+        except BaseException as e:
+            self.finish(ending_status(e), error=f"{type(e).__name__}: {e}"[:500])
+            raise
 
     def finish(self, status: str = "done", **info: Any) -> None:
         p = self.path / RUN_FILE

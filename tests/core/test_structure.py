@@ -43,6 +43,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "fedmedlora.partition",
         "fedmedlora.prepare",
         "fedmedlora.privacy",
+        "fedmedlora.progress",
         "fedmedlora.prompts",
         "fedmedlora.reports",
         "fedmedlora.runs",

@@ -16,8 +16,10 @@ import typer
 
 from fedmedlora.benchmark import open_benchmark
 from fedmedlora.cli.common import (
+    STATE,
     BenchOpt,
     ConfigOpt,
+    ForceOpt,
     SetOpt,
     fail,
     json_fields,
@@ -28,7 +30,7 @@ from fedmedlora.cli.common import (
 )
 from fedmedlora.cli.data import data_app
 from fedmedlora.cli.deploy import deploy_app
-from fedmedlora.runs import RunDir, eval_file
+from fedmedlora.runs import RunDir, RunDirError, eval_file, force_output_dir
 
 # no locals in tracebacks, ever: a frame's locals hold clinical note text (issue 15)
 app = typer.Typer(
@@ -36,6 +38,24 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Show the libraries' own progress bars and warnings, and an unexpected error's whole traceback "
+        "(no locals; its log file then keeps the error messages, which may quote note text).",
+    ),
+) -> None:
+    """Options for every command: ``fedmedlora -v <command> ...``."""
+    from fedmedlora.cli.console import quiet_libraries
+
+    STATE.verbose = verbose
+    ctx.with_resource(quiet_libraries(verbose))
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -47,6 +67,9 @@ def main() -> None:  # console-script entry point
     that holds the traceback (no locals, no note text on the terminal). ``FEDMEDLORA_DEBUG=1`` re-raises."""
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so every run folder records how it ended
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C / SIGINT raises KeyboardInterrupt even where the starting shell set it to "ignore" (a job started
+    # with `&` from a script inherits that: it then ran to the end, ~70 s, instead of stopping; issue 15)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app(standalone_mode=True)
     except SystemExit:
@@ -54,7 +77,41 @@ def main() -> None:  # console-script entry point
     except Exception as err:  # everything the commands did not turn into a one-line user error
         if os.environ.get("FEDMEDLORA_DEBUG"):
             raise
-        raise SystemExit(report_unexpected(err, sys.argv[1:2])) from None
+        raise SystemExit(report_unexpected(err, sys.argv[1:2], verbose=STATE.verbose)) from None
+
+
+def _force(out: Path, command: str, force: bool, *, keep_same_kind: bool = False) -> None:
+    """``--force``: let the run into ``out`` (``fedmedlora.runs.force_output_dir``) and say what that did."""
+    if not force:
+        return
+    try:
+        notes = force_output_dir(out, command, keep_same_kind=keep_same_kind)
+    except RunDirError as e:
+        raise fail(str(e)) from None
+    for note in notes:
+        typer.secho(note, fg=typer.colors.YELLOW, err=True)
+
+
+def _run_local(label: str, command: str, out: Path, force: bool, setting: str, cfg, **kwargs) -> RunDir:
+    """``run_setting`` for one command, under the progress display, with one summary line when it is done."""
+    import time
+
+    from fedmedlora import progress
+    from fedmedlora.cli.console import progress_display
+    from fedmedlora.recipes.local import run_setting
+
+    _force(out, command, force)
+    t0 = time.perf_counter()
+    try:
+        with progress_display(label, STATE.verbose):
+            progress.plan(1)
+            progress.row_started(label)
+            run = run_setting(setting, cfg, out, command=command, **kwargs)
+            scores = run.read_json(eval_file("test"))
+            progress.row_finished(label, progress.headline_f1(scores), time.perf_counter() - t0)
+    except user_errors() as e:
+        raise fail(str(e)) from None
+    return run
 
 
 # ---- single-site / centralized / zero-shot training, extraction, evaluation (fedmedlora.lm.train, .evaluate) ----
@@ -72,28 +129,26 @@ def train(
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Train (or not, for zero_shot) one adapter without federation, then evaluate it on the benchmark."""
-    from fedmedlora.recipes.local import run_setting
-
     cfg = resolve(config, sets, **{"data.benchmark": benchmark})
     if init_adapter is not None:
         cfg = with_adapter_prompting(cfg, init_adapter)
     valid = ("zero_shot", "single_site", "centralized", "adapt", "local_only")
     if setting not in valid:
         raise fail(f"--setting: {setting!r} is not one of {', '.join(valid)}")
-    try:
-        run = run_setting(
-            setting,
-            cfg,
-            out,
-            sites=site or None,
-            eval_sites=eval_site or None,
-            init_adapter=init_adapter,
-            command="train",
-        )
-    except user_errors() as e:
-        raise fail(str(e)) from None
+    run = _run_local(
+        f"train ({setting})",
+        "train",
+        out,
+        force,
+        setting,
+        cfg,
+        sites=site or None,
+        eval_sites=eval_site or None,
+        init_adapter=init_adapter,
+    )
     typer.echo(f"run folder: {run.path}\n{(run.path / eval_file('test', '.md')).read_text()}")
 
 
@@ -105,23 +160,21 @@ def adapt(
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Adapt a (federated) adapter to a new low-resource site with its few training documents."""
-    from fedmedlora.recipes.local import run_setting
-
     cfg = with_adapter_prompting(resolve(config, sets, **{"data.benchmark": benchmark}), adapter)
-    try:
-        run = run_setting(
-            "adapt",
-            cfg,
-            out,
-            sites=[site] if site else None,
-            eval_sites=[site] if site else None,
-            init_adapter=adapter,
-            command="adapt",
-        )
-    except user_errors() as e:
-        raise fail(str(e)) from None
+    run = _run_local(
+        "adapt",
+        "adapt",
+        out,
+        force,
+        "adapt",
+        cfg,
+        sites=[site] if site else None,
+        eval_sites=[site] if site else None,
+        init_adapter=adapter,
+    )
     typer.echo(f"run folder: {run.path}\n{(run.path / eval_file('test', '.md')).read_text()}")
 
 
@@ -133,17 +186,15 @@ def evaluate(
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Score an adapter (or the base model) on benchmark splits: strict/lenient P/R/F1 for NER and RE."""
-    from fedmedlora.recipes.local import run_setting
-
     cfg = resolve(config, sets, **{"data.benchmark": benchmark})
     if adapter is not None:
         cfg = with_adapter_prompting(cfg, adapter)
-    try:
-        run = run_setting("zero_shot", cfg, out, eval_sites=site or None, init_adapter=adapter, command="evaluate")
-    except user_errors() as e:
-        raise fail(str(e)) from None
+    run = _run_local(
+        "evaluate", "evaluate", out, force, "zero_shot", cfg, eval_sites=site or None, init_adapter=adapter
+    )
     typer.echo(f"run folder: {run.path}\n{(run.path / eval_file('test', '.md')).read_text()}")
 
 
@@ -198,8 +249,13 @@ def fed_run(
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Run a federation in-process: the real ServerApp + one ClientApp per site (see docs/federation.md)."""
+    import time
+
+    from fedmedlora import progress
+    from fedmedlora.cli.console import progress_display
     from fedmedlora.federation.checkpoint import ResumeError
     from fedmedlora.federation.simulation import run_federation
     from fedmedlora.federation.strategies import FederationError
@@ -207,12 +263,23 @@ def fed_run(
     from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
 
     cfg = resolve(config, sets, **{"data.benchmark": benchmark})
+    if force and resume:
+        raise fail("--force clears the run in --out; --resume continues it: give one of them")
+    _force(out, "federation", force)
+    label = f"fed run ({cfg.federation.strategy})"
+    t0 = time.perf_counter()
     try:
-        result = run_federation(cfg, out, resume=resume)
-        if evaluate_after:
-            bench = open_benchmark(cfg.data.benchmark)
-            results = evaluate_arrays(get_session(cfg), result.arrays, bench, list(bench.sites), cfg)
-            write_eval(RunDir(out), "test", results)
+        with progress_display("fed run", STATE.verbose):
+            progress.plan(1)
+            progress.row_started(label)
+            result = run_federation(cfg, out, resume=resume)
+            scores = None
+            if evaluate_after:
+                with RunDir(out).recording_end():  # interrupted while scoring: run.json says so
+                    bench = open_benchmark(cfg.data.benchmark)
+                    scores = evaluate_arrays(get_session(cfg), result.arrays, bench, list(bench.sites), cfg)
+                    write_eval(RunDir(out), "test", scores)
+            progress.row_finished(label, progress.headline_f1(scores or {}), time.perf_counter() - t0)
     except (*user_errors(), ResumeError, FederationError) as e:
         raise fail(str(e)) from None
     last = result.rounds[-1] if result.rounds else {}
@@ -272,9 +339,11 @@ def study(
     config: str = ConfigOpt,
     sets: list[str] = SetOpt,
     benchmark: Path = BenchOpt,
+    force: bool = ForceOpt,
 ) -> None:
     """Run zero-shot, single-site, centralized, Fed-MedLoRA and Fed-MedLoRA+ (+ new-site adaptation) and write
     one comparison table (study.md / .csv / .json) with 95% intervals, paired comparisons and plots."""
+    from fedmedlora.cli.console import progress_display
     from fedmedlora.encoder.model import EncoderLoadError
     from fedmedlora.federation.strategies import FederationError
     from fedmedlora.recipes.study import PRIVACY_ROWS, SKIPPABLE, run_study
@@ -283,18 +352,20 @@ def study(
     bad = sorted(set(skip or ()) - set(SKIPPABLE))
     if bad:
         raise fail(f"--skip: {bad} not among {', '.join(SKIPPABLE)}")
+    _force(out, "study", force, keep_same_kind=True)  # a study of its own goes on where it stopped
     try:
-        res = run_study(
-            cfg,
-            out,
-            fed_methods=method or ("fedmedlora", "fedmedlora+"),
-            external=external or None,
-            encoder=cfg.study.encoder if encoder is None else encoder,
-            encoder_settings={**cfg.study.encoder_settings, **json_fields(encoder_set)},
-            skip=skip or (),
-            seeds=seeds,
-            privacy=PRIVACY_ROWS if privacy else None,
-        )
+        with progress_display("study", STATE.verbose):
+            res = run_study(
+                cfg,
+                out,
+                fed_methods=method or ("fedmedlora", "fedmedlora+"),
+                external=external or None,
+                encoder=cfg.study.encoder if encoder is None else encoder,
+                encoder_settings={**cfg.study.encoder_settings, **json_fields(encoder_set)},
+                skip=skip or (),
+                seeds=seeds,
+                privacy=PRIVACY_ROWS if privacy else None,
+            )
     except (*user_errors(), EncoderLoadError, FederationError) as e:
         raise fail(str(e)) from None
     typer.echo(res["markdown"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -24,6 +25,21 @@ ConfigOpt = typer.Option(
 )
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config field, e.g. -s train.max_steps=20 (repeatable).")
 BenchOpt = typer.Option(None, "--benchmark", "-b", help="Benchmark folder (default: the bundled sample).")
+ForceOpt = typer.Option(
+    False,
+    "--force",
+    help="Write into --out although it is not a run folder, or holds a finished run (its old outputs — eval/, "
+    "adapters/, rounds — are removed first and named).",
+)
+
+
+class CliState:
+    """What the top-level options set for the command that runs (``fedmedlora -v ...``)."""
+
+    verbose: bool = False
+
+
+STATE = CliState()
 
 
 def fail(message: str) -> typer.Exit:
@@ -119,27 +135,48 @@ def log_dir() -> Path:
     return Path(raw) if raw else Path.home() / ".cache" / "fedmedlora" / "logs"
 
 
-def report_unexpected(err: BaseException, command: list[str]) -> int:
+def scrubbed_traceback(err: BaseException) -> str:
+    """The traceback of ``err`` and of the errors it was raised from: frames and source lines, each error's type,
+    but no error message (a message may quote a note: ``text='Patient denies ...'``) and no locals."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        frames = "".join(traceback.format_list(traceback.extract_tb(e.__traceback__)))
+        parts.append(
+            f"Traceback (most recent call last):\n{frames}{type(e).__module__}.{type(e).__qualname__}: "
+            "<message left out: it may quote input text; rerun with -v to log it>\n"
+        )
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return "\nThe above was raised while handling / from:\n\n".join(reversed(parts))
+
+
+def report_unexpected(err: BaseException, command: list[str], verbose: bool = False) -> int:
     """Write the traceback (frames and source lines, no locals) to a log file and print one line that names the
     command, the error type, where in fedmedlora it happened and the log — never the message, which may quote a
-    note. OS errors name their file. Returns the exit code (1)."""
+    note. OS errors name their file. Without ``verbose`` the log leaves every error message out too
+    (``scrubbed_traceback``); with it, the log holds the full traceback and it is printed here as well (still
+    without locals). Returns the exit code (1)."""
     name = command[0] if command else "fedmedlora"
     frames = traceback.extract_tb(err.__traceback__)
     ours = [f for f in frames if f"{os.sep}fedmedlora{os.sep}" in f.filename]
     where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
     path_note = f" on {err.filename}" if isinstance(err, OSError) and getattr(err, "filename", None) else ""
+    full = "".join(traceback.format_exception(err))
+    if verbose:
+        sys.stderr.write(full)
     log_note = ""
     try:
         folder = log_dir()
         folder.mkdir(parents=True, exist_ok=True)
         log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
-        log.write_text("".join(traceback.format_exception(err)), encoding="utf-8")
-        log_note = f"; the traceback is in {log} (it may quote input text)"
+        log.write_text(full if verbose else scrubbed_traceback(err), encoding="utf-8")
+        log_note = f"; the traceback is in {log}" + (" (it may quote input text)" if verbose else "")
     except OSError:
         log_note = "; no log could be written (set FEDMEDLORA_LOG_DIR)"
-    message = (
-        f"fedmedlora {name} failed unexpectedly: {type(err).__name__}{path_note}{where}{log_note}. "
-        "Set FEDMEDLORA_DEBUG=1 to raise it here."
+    message = f"fedmedlora {name} failed unexpectedly: {type(err).__name__}{path_note}{where}{log_note}. " + (
+        "" if verbose else "Run with -v to see the whole traceback, or FEDMEDLORA_DEBUG=1 to raise it here."
     )
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message.strip())}", highlight=False)
     return 1

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
+from fedmedlora import progress as progress_events
 from fedmedlora.config import RunConfig
 from fedmedlora.federation.checkpoint import write_checkpoint
 from fedmedlora.federation.messages import VAL_LOSS, from_record
@@ -54,6 +55,7 @@ class RoundRecorder:
         self.offset = offset
         self.records: list[dict[str, Any]] = []
         self.last_arrays: dict[str, np.ndarray] | None = None
+        progress_events.step(progress_events.ROUND, offset, cfg.federation.rounds)
 
     def save_adapter(self, arrays: dict[str, np.ndarray], name: int | str, **meta: Any) -> None:
         """``adapters/<round_N | name>/``: the arrays as a PEFT folder with this run's metadata."""
@@ -85,4 +87,5 @@ class RoundRecorder:
         self.run.append_jsonl(ROUNDS_FILE, record)
         write_checkpoint(self.run, self.cfg, rnd)
         self.records.append(record)
+        progress_events.step(progress_events.ROUND, rnd, self.cfg.federation.rounds)
         return MetricRecord({VAL_LOSS: record["val_loss"]}) if "val_loss" in record else None

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import torch
 
+from fedmedlora import progress as progress_events
 from fedmedlora.lm.model import encode_prompt, eos_token_ids, model_device
 from fedmedlora.stopping import StopRule
 
@@ -198,7 +199,8 @@ def generate(
             keeps the input order.
         use_chat_template: render prompts with the chat template when the tokenizer has one (must match
             training).
-        progress: show a progress bar.
+        progress: show a progress bar (unless ``fedmedlora.progress.bars()`` is off: a display took over). Every
+            finished prompt is also reported as ``fedmedlora.progress.step("generating", k, n)``.
         stop_on_repetition: end a row that loops (``stopping.RepetitionRule``).
         early_stop: end a row as soon as its answer is complete (``stopping.answer_complete``).
         prefix_cache: compute each group's shared prefix once (off: every row runs its whole prompt).
@@ -226,12 +228,16 @@ def generate(
     order, prefix_len = _prefix_lengths(encoded, prompts)
     rows = [_Row(i, encoded[i], prefix_len[i] if prefix_cache else 0, rules[i], constraints[i]) for i in order]
     outputs: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), disable=not progress, desc="generate", leave=False)
+    bar = tqdm(total=len(prompts), disable=not (progress and progress_events.bars()), desc="generate", leave=False)
+    done = 0
+    progress_events.step(progress_events.GENERATING, done, len(prompts))
     try:
         with _eval_mode(model):
             for row in _decode(model, tokenizer, prefixes, rows, batch_size, max_new_tokens, stop, pad_id, device):
                 outputs[row.index] = row.answer()
                 bar.update(1)
+                done += 1
+                progress_events.step(progress_events.GENERATING, done, len(prompts))
     finally:
         bar.close()
     return outputs

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from fedmedlora import progress as progress_events
 from fedmedlora.config import RunConfig, TrainConfig
 from fedmedlora.lm.adapter_io import get_adapter_arrays, set_adapter_arrays
 from fedmedlora.lm.dp import DPReport, check_budget, dpsgd_steps, plan_dpsgd
@@ -323,9 +324,30 @@ def _total_steps(num_examples: int, settings: TrainSettings) -> int:
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar of ``total`` steps (off when ``enabled`` is false or a display took over, see
+    ``fedmedlora.progress.bars``); each step is also reported as ``fedmedlora.progress.step``."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
+    progress_events.step(progress_events.TRAINING, 0, total)
+    return _ReportingBar(tqdm(total=total, disable=not (enabled and progress_events.bars()), desc=desc, leave=False))
+
+
+class _ReportingBar:
+    """A tqdm bar whose ``update`` also reports the step count to ``fedmedlora.progress``."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar, self.done = bar, 0
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        progress_events.step(progress_events.TRAINING, self.done, int(self.bar.total or 0))
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        self.bar.set_postfix(**kwargs)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def train_local(

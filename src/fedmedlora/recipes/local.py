@@ -62,11 +62,8 @@ def run_setting(
     if (Path(out_dir) / RUN_FILE).is_file():
         raise ValueError(f"{out_dir} already holds a run ({RUN_FILE}); choose a new --out folder")
     run = RunDir(out_dir, cfg, command=command, setting=setting, sites=sites, eval_sites=eval_sites)
-    try:
+    with run.recording_end():  # Ctrl-C / SIGTERM: "interrupted"; an error: "failed"; never left "running"
         _run_setting(run, setting, cfg, bench, sites, eval_sites, init_adapter, session)
-    except BaseException as e:
-        run.finish("failed", error=f"{type(e).__name__}: {e}"[:500])
-        raise
     return run
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmedlora import progress as progress_events
 from fedmedlora.benchmark import open_benchmark
 from fedmedlora.config import ConfigError, RunConfig, load_config
 from fedmedlora.federation.checkpoint import ResumeError, checkpointed_round
@@ -70,7 +71,13 @@ from fedmedlora.runs import (
     eval_file,
 )
 
-FED_METHODS = {"fedmedlora": "Fed-MedLoRA", "fedmedlora+": "Fed-MedLoRA+", "fedsa": "FedSA-LoRA", "ffa": "FFA-LoRA"}
+FED_METHODS = {
+    "fedmedlora": "Fed-MedLoRA",
+    "fedmedlora+": "Fed-MedLoRA+",
+    "fedsa": "FedSA-LoRA",
+    "ffa": "FFA-LoRA",
+    "rolora": "RoLoRA",
+}
 SKIPPABLE = ("zero_shot", "single_site", "centralized", "new_site")
 #: ``study --privacy``: federated rows under DP or SecAgg+ (row name → (rule, config overrides)), each compared with
 #: the plain row of its rule. Record-level budgets are over the whole run (``target_epsilon`` calibrates the noise
@@ -153,27 +160,44 @@ def run_study(
         seeds=all_seeds if seeds > 1 else (),
         privacy=privacy,
     )
-    _run_rows(study, skip, encoder=encoder, encoder_settings=encoder_settings)
-    per_seed = {cfg.seed: study.results}
-    for seed in all_seeds[1:]:
-        tag = f"[study] seed {seed}: "
-        sub = Study(
-            seed_config(cfg, seed),
-            study.out / SEED_DIR.format(seed=seed),
-            fed_methods=fed_methods,
-            external=study.external,
-            progress=lambda m, tag=tag: progress(m.replace("[study] ", tag, 1)),
-            privacy=privacy,
-        )
-        _run_rows(sub, (*skip, "zero_shot"), encoder=False)
-        sub.write()
-        per_seed[seed] = sub.results
-    res = study.write(per_seed=per_seed if seeds > 1 else None)
+    progress_events.plan(
+        _planned_rows(study, skip, encoder) + (seeds - 1) * _planned_rows(study, (*skip, "zero_shot"), False)
+    )
+    with study.run.recording_end():  # Ctrl-C, SIGTERM or an error: the study's run.json says so, never "running"
+        _run_rows(study, skip, encoder=encoder, encoder_settings=encoder_settings)
+        per_seed = {cfg.seed: study.results}
+        for seed in all_seeds[1:]:
+            tag = f"[study] seed {seed}: "
+            sub = Study(
+                seed_config(cfg, seed),
+                study.out / SEED_DIR.format(seed=seed),
+                fed_methods=fed_methods,
+                external=study.external,
+                progress=lambda m, tag=tag: progress(m.replace("[study] ", tag, 1)),
+                privacy=privacy,
+            )
+            sub.row_prefix = f"seed {seed}: "
+            with sub.run.recording_end():
+                _run_rows(sub, (*skip, "zero_shot"), encoder=False)
+                sub.write()
+            per_seed[seed] = sub.results
+        res = study.write(per_seed=per_seed if seeds > 1 else None)
     try:  # the tables are on disk: a report that cannot be written says so and how to rebuild it
         progress(f"report.html: {write_report(study.out)}")
     except (ReportError, OSError, ValueError) as e:
         progress(f"report.html not written ({e}); rebuild it with `fedmedlora report {study.out}`")
     return res
+
+
+def _planned_rows(study: Study, skip: Sequence[str], encoder: bool) -> int:
+    """How many rows ``_run_rows`` runs (or reuses) in ``study``: the length of the progress display."""
+    n = 0 if "zero_shot" in skip else 1
+    n += 0 if "single_site" in skip else len(study.train_sites)
+    n += 0 if "centralized" in skip else 1
+    n += len(study.fed_methods) + len(study.privacy)
+    if study.new_site and "new_site" not in skip:
+        n += 2 if study.fed_methods else 1
+    return n + (1 if encoder else 0)
 
 
 def _run_rows(
@@ -262,6 +286,13 @@ class Study:
         self.fed_rounds: dict[str, list[dict[str, Any]]] = {}
         self.fed_dirs: dict[str, Path] = {}
         self.new_site_pair: tuple[str, str] | None = None  # (adapted, from base) row names
+        self.row_prefix = ""  # how the progress display names this folder's rows ("seed 15: " for a second seed)
+
+    def _row_done(self, name: str, t0: float | None) -> None:
+        """Tell the progress display that row ``name`` is finished (``t0``: when it started; ``None``: reused)."""
+        seconds = time.perf_counter() - t0 if t0 is not None else 60 * float(self.extras[name].get("minutes", 0))
+        f1 = progress_events.headline_f1(self.results[name]) if name in self.results else None
+        progress_events.row_finished(self.row_prefix + name, f1, seconds)
 
     # -- rows ----------------------------------------------------------------------------------------------------
     def local(self, name: str, setting: Setting, run_cfg: RunConfig, **kw: Any) -> None:
@@ -269,10 +300,12 @@ class Study:
         kw.setdefault("eval_sites", self.eval_sites)
         what = {"eval_sites": list(kw.get("eval_sites") or []), "init_adapter": str(kw.get("init_adapter") or "")}
         if self._reuse(self.out / name, run_cfg, name, what):
+            self._row_done(name, None)
             return
         if (self.out / name).exists():
             shutil.rmtree(self.out / name)  # an incomplete or differently configured run: start it again
         self.progress(f"[study] {name}")
+        progress_events.row_started(self.row_prefix + name)
         t0 = time.perf_counter()
         run = run_setting(setting, run_cfg, self.out / name, session=self.session, command=f"study:{setting}", **kw)
         self.results[name] = run.read_json(eval_file("test"))
@@ -282,6 +315,7 @@ class Study:
             "minutes": round((time.perf_counter() - t0) / 60, 1),
         }
         run.write_json(STUDY_ROW_FILE, {**self.extras[name], "_reuse_key": what})
+        self._row_done(name, t0)
 
     def federated(self, rule: str, *, name: str | None = None, overrides: Sequence[str] = ()) -> None:
         """A federated row through the real Flower apps (in-process simulation), resumed if interrupted.
@@ -299,7 +333,9 @@ class Study:
         what = {"eval_sites": list(self.eval_sites), "init_adapter": ""}
         if self._reuse(fed_dir, fcfg, name, what):
             self.fed_rounds[name] = RunDir(fed_dir).read_jsonl(ROUNDS_FILE)
+            self._row_done(name, None)
             return
+        progress_events.row_started(self.row_prefix + name)
         t0 = time.perf_counter()
         result, done_before = self._resume_federation(fcfg, fed_dir, name)
         if result is None:
@@ -308,8 +344,9 @@ class Study:
             self.progress(f"[study] {name}")
             result = run_federation(fcfg, fed_dir)
         run = RunDir(fed_dir)
-        evals = evaluate_arrays(self.session, result.arrays, self.bench, self.eval_sites, fcfg)
-        write_eval(run, "test", evals)
+        with run.recording_end():  # interrupted while scoring: the row's run.json says so
+            evals = evaluate_arrays(self.session, result.arrays, self.bench, self.eval_sites, fcfg)
+            write_eval(run, "test", evals)
         self.results[name] = evals
         recs = [r for r in result.rounds if r.get("round", 0) > 0]  # every round, an interrupted call's too
         self.fed_rounds[name] = result.rounds
@@ -322,6 +359,7 @@ class Study:
             **privacy_extras(result.rounds, fcfg),
         }
         run.write_json(STUDY_ROW_FILE, {**self.extras[name], "_reuse_key": what})
+        self._row_done(name, t0)
 
     def new_site_rows(self) -> None:
         """The new low-resource site: the federated adapter adapted to it, against training from the base model."""
@@ -345,11 +383,14 @@ class Study:
     def encoder_rows(self, settings: dict[str, Any] | None) -> None:
         """The encoder (BERT-style) baseline rows (``fedmedlora.recipes.encoder_study``)."""
         self.progress("[study] encoder baseline")
+        progress_events.row_started(self.row_prefix + "encoder baseline")
+        t0 = time.perf_counter()
         enc_results, enc_extras = encoder_rows(
             self.cfg, self.bench, self.train_sites, self.eval_sites, self.out / "encoder", settings=settings
         )
         self.results.update(enc_results)
         self.extras.update(enc_extras)
+        progress_events.row_finished(self.row_prefix + "encoder baseline", None, time.perf_counter() - t0)
 
     # -- the table -----------------------------------------------------------------------------------------------
     def paired_specs(self) -> list[dict[str, Any]]:
