@@ -60,6 +60,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the simulation")
     parser.add_argument("--site-threads", type=int, default=1, help="torch threads of each deployment site process")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "deployment_round.json")
+    parser.add_argument(
+        "--superlink-state",
+        choices=["file", "memory"],
+        default="file",
+        help="SuperLink state: SQLite file (survives restarts) or Flower's in-memory state",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (logs, run folders)")
     args = parser.parse_args()
 
@@ -98,6 +104,7 @@ def main() -> None:
                         resident_model=mode == "resident",
                         worker_threads=args.site_threads,
                         start_timeout=300,
+                        superlink_state=args.superlink_state,
                     )
                     with dep:
                         dep.run(cfg, run_dir, timeout=3600)
@@ -144,6 +151,7 @@ def main() -> None:
             "threads": args.threads,
             "site_threads": args.site_threads,
             "omp_env": os.environ.get("OMP_NUM_THREADS"),
+            "superlink_state": args.superlink_state,
             "results": results,
         },
     )

@@ -220,6 +220,21 @@ def test_node_config_and_commands(tmp_path: Path) -> None:
         deploy.superlink_command(tls=None, node_auth=True)
 
 
+def test_superlink_dry_run_keeps_state_on_disk_unless_in_memory(tmp_path: Path, monkeypatch, capsys) -> None:
+    from fedmedlora.cli import main
+
+    argv = ["fedmedlora", "deploy", "superlink", "--insecure", "--dry-run"]
+    for extra, expect_db in (["--database", str(tmp_path / "st" / "s.db")], True), (["--in-memory"], False):
+        monkeypatch.setattr(sys, "argv", [*argv, *extra])
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert ("--database" in line) is expect_db, line
+        if expect_db:
+            assert str((tmp_path / "st" / "s.db").resolve()) in line
+
+
 def test_supernode_resident_model_dry_run_prints_the_worker_and_points_the_node_at_it(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -113,16 +113,23 @@ def deploy_superlink(
     database: Path = typer.Option(
         Path("deploy/state/superlink.db"), help="On-disk state: registered keys and runs survive a restart."
     ),
+    in_memory: bool = typer.Option(
+        False,
+        "--in-memory",
+        help="Keep the SuperLink's state in memory instead of --database: no SQLite writer lock when many sites "
+        "reply at once, but registered keys and runs are lost when the SuperLink stops (re-register, no resume).",
+    ),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS and no node authentication (debugging only)."),
     background: Path = StateOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the command."),
 ) -> None:
     """Start the coordinator's SuperLink (TLS + node authentication, no runtime dependency installation)."""
     try:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        if not in_memory:
+            database.parent.mkdir(parents=True, exist_ok=True)
         tls = None if insecure else deploy.TLSFiles.in_dir(certs)
         args = deploy.superlink_command(
-            tls=tls, host=host, port=port, database=database.resolve(), node_auth=not insecure
+            tls=tls, host=host, port=port, database=None if in_memory else database.resolve(), node_auth=not insecure
         )
         _launch("superlink", args, background, dry_run)
     except deploy.DeployError as e:

@@ -40,6 +40,10 @@ class LoopbackDeployment:
         worker_threads: torch threads of every site process, resident worker or ClientApp (``OMP_NUM_THREADS``);
             0 leaves torch's default. Several sites on one machine oversubscribe its cores unless this is set.
         start_timeout: seconds for a process to come up and for the nodes to be online.
+        superlink_state: ``"file"`` (default): the SuperLink keeps its state in ``root/superlink.db`` (SQLite), so
+            it survives a SuperLink restart and a run can be resumed; ``"memory"``: Flower's in-memory state,
+            lost with the SuperLink process, which avoids SQLite's writer lock when many SuperNodes push replies at
+            once (Flower 1.41 answers a locked push with HTTP 500 and the SuperNode does not retry it).
     """
 
     def __init__(
@@ -51,7 +55,11 @@ class LoopbackDeployment:
         resident_model: bool = False,
         worker_threads: int = 0,
         start_timeout: float = 120.0,
+        superlink_state: str = "file",
     ) -> None:
+        if superlink_state not in ("file", "memory"):
+            raise DeployError(f"superlink_state={superlink_state!r}: expected 'file' or 'memory'")
+        self.superlink_state = superlink_state
         self.root = Path(root).resolve()
         self.data_dir = Path(data_dir).resolve()
         self.sites = list(sites)
@@ -77,7 +85,8 @@ class LoopbackDeployment:
         return env
 
     def start_superlink(self) -> None:
-        args = superlink_command(tls=self.tls, port=self.port, database=self.root / "superlink.db")
+        database = self.root / "superlink.db" if self.superlink_state == "file" else None
+        args = superlink_command(tls=self.tls, port=self.port, database=database)
         self.superlink = start_process(
             "superlink", args, state_dir=self.state, env=flower_env(self.root / "home" / "superlink"), cwd=self.root
         )
