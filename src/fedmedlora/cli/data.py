@@ -72,7 +72,9 @@ def data_check(root: Path = typer.Argument(None, help="Benchmark folder (default
 
 @data_app.command("split")
 def data_split(
-    benchmark: Path = typer.Argument(..., help="Benchmark folder whose training sites are partitioned."),
+    benchmark: Path = typer.Argument(
+        None, help="Benchmark folder whose training sites are partitioned (default: the bundled sample)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="New benchmark folder to write (must not exist or be empty)."),
     sites: int = typer.Option(..., "--sites", "-n", min=1, help="Number of new sites N."),
     alpha: float = typer.Option(
@@ -99,7 +101,7 @@ def data_split(
             raise fail(f"--proportions {proportions!r}: expected comma-separated numbers, e.g. 6,1,1,1") from None
     try:
         settings = PartitionSettings(sites, alpha, seed, proportions=props, size_skew=size_skew, prefix=prefix)
-        manifest = split_benchmark(benchmark, out, settings, sites=source or None)
+        manifest = split_benchmark(benchmark or default_benchmark_dir(), out, settings, sites=source or None)
     except (PartitionError, BenchmarkError, JsonlError) as e:
         raise fail(str(e)) from None
     part = manifest["partition"]
