@@ -312,7 +312,7 @@ def fed_run(
 def study(
     out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="Study folder to write."),
     method: list[str] = typer.Option(
-        None, "--method", help="Federated methods: fedmedlora, fedmedlora+, fedsa, ffa (default: the first two)."
+        None, "--method", help="Federated methods: fedmedlora, fedmedlora+, fedsa, ffa, rolora (default: first two)."
     ),
     external: list[str] = typer.Option(None, "--external", help="Evaluation-only site(s) never trained on."),
     encoder: bool = typer.Option(
