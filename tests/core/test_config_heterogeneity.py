@@ -1,0 +1,35 @@
+"""Config for issue 17: the ``heterogeneity`` preset, ``federation.temperature_rule`` and RoLoRA's refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedmedlora.config import ConfigError, RunConfig, load_config
+
+
+def test_heterogeneity_preset_loads_and_round_trips_through_flower() -> None:
+    cfg = load_config("heterogeneity")
+    assert cfg.federation.temperature_rule == "range" and cfg.federation.rounds % 2 == 0
+    assert not cfg.train.keep_optimizer_state
+    assert RunConfig.from_flower_run_config(cfg.to_flower_run_config()) == cfg
+    rolora = load_config("heterogeneity", ["federation.strategy=rolora"])
+    assert rolora.federation.strategy == "rolora"
+
+
+def test_temperature_rule_is_checked() -> None:
+    assert load_config(overrides=["federation.temperature_rule=std"]).federation.temperature_rule == "std"
+    with pytest.raises(ConfigError, match=r"federation\.temperature_rule"):
+        load_config(overrides=["federation.temperature_rule=auto"])
+
+
+def test_rolora_refuses_carried_optimizer_state_and_composes_with_privacy() -> None:
+    with pytest.raises(ConfigError, match=r"rolora.*keep_optimizer_state"):
+        load_config(overrides=["federation.strategy=rolora", "train.keep_optimizer_state=true"])
+    cfg = load_config(
+        overrides=[
+            "federation.strategy=rolora",
+            "federation.secure_aggregation=true",
+            "federation.dp.noise_multiplier=1",
+        ]
+    )
+    assert cfg.federation.secure_aggregation and cfg.federation.dp.enabled
