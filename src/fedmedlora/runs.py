@@ -131,6 +131,7 @@ def force_output_dir(path: str | Path, command: str = "", *, keep_same_kind: boo
         else:
             continue
         removed.append(name)
+    _FORCED.add(p.resolve())  # what is left (files that are not run outputs) stays, and the run may go in
     notes.append(f"--force: cleared the earlier {old or 'unknown'!r} run in {p} ({', '.join(removed)})")
     return notes
 

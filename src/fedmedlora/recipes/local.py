@@ -17,7 +17,7 @@ from fedmedlora.config import RunConfig
 from fedmedlora.lm.adapter_io import adapter_meta, load_adapter_arrays, save_adapter
 from fedmedlora.lm.session import Session
 from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
-from fedmedlora.runs import FINAL, ROUNDS_FILE, RUN_FILE, RunDir, peak_rss_mb
+from fedmedlora.runs import FINAL, ROUNDS_FILE, RUN_FILE, RunDir, check_output_dir, peak_rss_mb
 from fedmedlora.sampling import site_examples
 
 Setting = Literal["zero_shot", "single_site", "centralized", "adapt", "local_only"]
@@ -60,7 +60,10 @@ def run_setting(
         if s not in bench.sites:
             raise ValueError(f"unknown site {s!r}; the benchmark has {sorted(bench.sites)}")
     if (Path(out_dir) / RUN_FILE).is_file():
-        raise ValueError(f"{out_dir} already holds a run ({RUN_FILE}); choose a new --out folder")
+        check_output_dir(out_dir, command)  # a run of another kind is named as such
+        raise ValueError(
+            f"{out_dir} already holds a run ({RUN_FILE}); choose a new --out folder (or --force to run it again)"
+        )
     run = RunDir(out_dir, cfg, command=command, setting=setting, sites=sites, eval_sites=eval_sites)
     with run.recording_end():  # Ctrl-C / SIGTERM: "interrupted"; an error: "failed"; never left "running"
         _run_setting(run, setting, cfg, bench, sites, eval_sites, init_adapter, session)
