@@ -613,7 +613,8 @@ def check_html_path(path: str | Path, option: str = "--out") -> None:
     """
     p = Path(path)
     if p.is_dir():
-        raise ReportError(f"{option} {p}: is a folder; give a file name such as {p / 'report.html'}")
+        name = "notes.html" if option == "--html" else REPORT_FILE
+        raise ReportError(f"{option} {p}: is a folder; give a file name such as {p / name}")
     existing = next((q for q in [p.parent, *p.parent.parents] if q.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise ReportError(f"{option} {p}: cannot write there")
