@@ -33,7 +33,9 @@ Rules
                  is the same at every site (the global one), so the plain weighted mean of the trained factor is
                  exact for the product: ``B̄A = Σ w_k B_k A`` (odd rounds), ``B Ā = Σ w_k B A_k`` (even rounds).
                  Round 1 trains B because LoRA starts from ``B = 0``, where A gets no gradient. Each upload is
-                 one factor: about half of Fed-MedLoRA's bytes.
+                 one factor: about half of Fed-MedLoRA's bytes. ``loss_weighted=True`` weights the sites as
+                 Fed-MedLoRA+ does (``softmax(−L / T)`` of each site adapter's validation loss, with the same
+                 ``temperature_rule``, ``loss_source`` and ``combine_with_size``) instead of by size.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class AggregationSettings:
         robust: ``"none"`` (the rule's weighted mean), or ``"median"`` / ``"trimmed-mean"``: the unweighted
             coordinate-wise ``robust_mean`` of the shared tensors instead (the weights are then not used).
         trim_fraction: ``trimmed-mean`` only: the fraction of sites dropped at each end of every coordinate.
+        loss_weighted: ``rolora`` only: Fed-MedLoRA+'s loss weights instead of size weights.
     """
 
     rule: str = "fedmedlora"
@@ -93,6 +96,7 @@ class AggregationSettings:
     combine_with_size: bool = False
     robust: str = "none"
     trim_fraction: float = 0.2
+    loss_weighted: bool = False
 
     def __post_init__(self) -> None:
         errors = []
@@ -102,6 +106,8 @@ class AggregationSettings:
             errors.append(f"size_key={self.size_key!r} is not one of {SIZE_KEYS}")
         if self.robust not in ROBUST_RULES:
             errors.append(f"robust={self.robust!r} is not one of {ROBUST_RULES}")
+        if self.loss_weighted and self.rule != "rolora":
+            errors.append(f"loss_weighted applies to rule 'rolora' (fedmedlora+ always is), not {self.rule!r}")
         if not 0 <= self.trim_fraction < 0.5:
             errors.append(f"trim_fraction={self.trim_fraction!r} must be in [0, 0.5)")
         if self.temperature_rule not in TEMPERATURE_RULES:
@@ -116,7 +122,7 @@ class AggregationSettings:
     @property
     def uses_loss(self) -> bool:
         """Whether the rule needs a validation loss per site."""
-        return self.rule == "fedmedlora+"
+        return self.rule == "fedmedlora+" or (self.rule == "rolora" and self.loss_weighted)
 
 
 # ---- key selection -------------------------------------------------------------------------------------------
@@ -322,9 +328,10 @@ def weights_for(
     losses: Sequence[float] | None = None,
     sites: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """``aggregation_weights`` driven by an ``AggregationSettings``."""
+    """``aggregation_weights`` driven by an ``AggregationSettings`` (a loss-weighted ``rolora`` weighs the sites as
+    ``fedmedlora+`` does)."""
     return aggregation_weights(
-        settings.rule,
+        "fedmedlora+" if settings.uses_loss else settings.rule,
         sizes,
         losses,
         settings.temperature,

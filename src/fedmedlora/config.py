@@ -170,6 +170,11 @@ class FederationConfig(_Section):
         "losses differ by little, and identical losses give uniform weights.",
     )
     combine_with_size: bool = False
+    rolora_weights: Literal["size", "loss"] = Field(
+        "size",
+        description="RoLoRA: 'size' (training tokens/examples, weight_by) or 'loss' (Fed-MedLoRA+'s weights: "
+        "plus_loss_source, temperature, temperature_rule and combine_with_size apply).",
+    )
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(1, ge=1)
     round_timeout_s: float = Field(3600.0, gt=0)
@@ -303,11 +308,12 @@ class RunConfig(_Section):
         if self.train.dp.enabled and self.train.autocast != "none":
             raise ValueError("train.dp: DP-SGD runs in fp32 (set train.autocast=none)")
         f = self.federation
+        loss_weighted = f.strategy == "fedmedlora+" or (f.strategy == "rolora" and f.rolora_weights == "loss")
         if f.secure_aggregation:
-            if f.strategy == "fedmedlora+" and f.plus_loss_source == "server":
+            if loss_weighted and f.plus_loss_source == "server":
                 raise ValueError(
-                    "federation.secure_aggregation: Fed-MedLoRA+ with plus_loss_source=server scores every site's "
-                    "adapter at the coordinator, which SecAgg+ hides; use federation.plus_loss_source=site"
+                    f"federation.secure_aggregation: {f.strategy} weighted by loss with plus_loss_source=server scores "
+                    "every site's adapter at the coordinator, which SecAgg+ hides; use federation.plus_loss_source=site"
                 )
             if f.compression != "none":
                 raise ValueError(
@@ -323,10 +329,11 @@ class RunConfig(_Section):
                 "federation.strategy=rolora: the trained LoRA factor alternates every round, so AdamW state cannot "
                 "be carried across rounds; set train.keep_optimizer_state=false"
             )
-        if self.federation.dp.enabled and self.federation.strategy == "fedmedlora+":
+        if self.federation.dp.enabled and loss_weighted:
             raise ValueError(
                 "federation.dp: client-level DP needs weights fixed before the sites' updates are seen; "
-                "Fed-MedLoRA+ weights each site by the loss of its own update (use fedmedlora, fedsa, ffa or rolora)"
+                f"{f.strategy} weighted by loss weights each site by the loss of its own update (use fedmedlora, "
+                "fedsa, ffa or rolora with rolora_weights=size)"
             )
         return self
 

@@ -85,3 +85,39 @@ def test_plus_range_temperature_logged_with_entropy() -> None:
     )
     assert s2.rounds[1].temperature == 1.0
     assert s2.rounds[1].weights_entropy > 0.99 > log.weights_entropy
+
+
+def test_rolora_with_loss_weights_from_sites_and_server() -> None:
+    s = make_strategy(
+        AggregationSettings(rule="rolora", loss_weighted=True, loss_source="site", temperature_rule="range"),
+        num_rounds=2,
+    )
+    sent = {m.metadata.dst_node_id: m for m in configure(s, 1)}
+    replies = [
+        reply(sent[n], {B: site_arrays(0, v)[B]}, extra_metrics={SITE_VAL_LOSS: L})
+        for n, v, L in ((11, 1, 1.0), (12, 5, 1.2))
+    ]
+    arrays, _ = s.aggregate_train(1, replies)
+    w = s.rounds[1].weights
+    assert w["bc5cdr"] / w["chia"] == pytest.approx(math.e)  # range rule: best / worst = e
+    np.testing.assert_allclose(from_record(arrays)[B], w["bc5cdr"] * 1 + w["chia"] * 5, rtol=1e-6)
+    sent = {m.metadata.dst_node_id: m for m in configure(s, 1)}
+    with pytest.raises(FederationError, match=r"missing metrics \['site-val-loss'\]"):
+        s.aggregate_train(1, [reply(sent[11], {B: site_arrays(0, 1)[B]})])
+
+    seen = []
+
+    def loss_fn(arrays):  # the server scores the global adapter with the site's trained factor in place
+        seen.append((float(arrays[A][0, 0]), float(arrays[B][0, 0])))
+        return {1.0: 0.5, 3.0: 1.5}[float(arrays[B][0, 0])]
+
+    s = make_strategy(AggregationSettings(rule="rolora", loss_weighted=True), num_rounds=2, server_loss_fn=loss_fn)
+    sent = {m.metadata.dst_node_id: m for m in configure(s, 1)}
+    s.aggregate_train(1, [reply(sent[n], {B: site_arrays(0, v)[B]}) for n, v in ((11, 1), (12, 3))])
+    assert sorted(seen) == [(1.0, 1.0), (1.0, 3.0)]  # A: the frozen global (ones)
+    expected = np.exp([-0.5, -1.5]) / np.exp([-0.5, -1.5]).sum()
+    assert list(s.rounds[1].weights.values()) == pytest.approx(list(expected))
+    with pytest.raises(ValueError, match="server_loss_fn"):
+        make_strategy(AggregationSettings(rule="rolora", loss_weighted=True), num_rounds=1)
+    with pytest.raises(ValueError, match="loss_weighted applies to rule 'rolora'"):
+        AggregationSettings(rule="ffa", loss_weighted=True)

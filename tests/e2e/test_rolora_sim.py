@@ -101,3 +101,16 @@ def test_rolora_composes_with_secure_aggregation_and_client_dp(world: Path, tmp_
         assert diff > 1e-3  # the coordinator's noise is there
         rounds = [json.loads(x) for x in (tmp_path / "x" / "rounds.jsonl").read_text().splitlines()]
         assert all(r["privacy"]["client"]["epsilon"] > 0 for r in rounds[1:])
+
+
+def test_rolora_weighted_by_the_sites_dev_losses(world: Path, tmp_path: Path) -> None:
+    extra = ("federation.rolora_weights=loss", "federation.plus_loss_source=site", "federation.temperature_rule=range")
+    res = _run(world, tmp_path / "loss", *extra)
+    for r in res.rounds[1:]:
+        losses = np.array([r["losses"][s] for s in SITES])
+        t = losses.max() - losses.min()
+        expected = np.exp(-(losses - losses.min()) / t)
+        np.testing.assert_allclose([r["weights"][s] for s in SITES], expected / expected.sum(), rtol=1e-9)
+        assert r["temperature"] == pytest.approx(t) and r["loss_source"] == "site"
+    up_metrics = {m for rec in res.wire if rec.direction == "up" for m in rec.content["metrics"]["metrics"]}
+    assert "site-val-loss" in up_metrics

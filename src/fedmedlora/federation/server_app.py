@@ -79,6 +79,7 @@ def aggregation_settings(cfg: RunConfig) -> AggregationSettings:
         combine_with_size=f.combine_with_size,
         robust=f.robust,
         trim_fraction=f.trim_fraction,
+        loss_weighted=f.strategy == "rolora" and f.rolora_weights == "loss",
     )
 
 

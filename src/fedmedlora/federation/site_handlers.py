@@ -212,7 +212,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics[DP_EPSILON] = float(result.privacy.epsilon)
     else:
         metrics[TRAIN_LOSS] = float(result.train_loss)
-    if rule == "fedmedlora+" and cfg.federation.plus_loss_source == "site":
+    loss_weighted = rule == "fedmedlora+" or (rule == "rolora" and cfg.federation.rolora_weights == "loss")
+    if loss_weighted and cfg.federation.plus_loss_source == "site":
         dev = cached_site_examples(cfg, data_dir, site, "dev")
         metrics[SITE_VAL_LOSS] = float(validation_loss(session.model, session.tokenizer, dev, settings, arrays))
     log.info("site %s round %d: %d examples, loss %.4f", site, rnd, result.num_examples, result.train_loss)

@@ -562,26 +562,30 @@ class FedMedLoRA(LoraStrategy):
     rule = "fedmedlora"
 
 
-class FedMedLoRAPlus(LoraStrategy):
-    """Fed-MedLoRA+ (reference ``adaptor_avg_by_loss``): ``w_k ∝ exp(−L_k / T)``, ``L_k`` the validation loss of
-    site ``k``'s adapter on the coordinator-held set (``loss_source="server"``, via ``server_loss_fn``) or on the
-    site's own dev split (``"site"``, reported as ``site-val-loss``); ``combine_with_size`` multiplies in the
-    size weight."""
-
-    rule = "fedmedlora+"
+class _LossWeights(LoraStrategy):
+    """Fed-MedLoRA+'s weights, for every rule whose ``settings.uses_loss``: ``w_k ∝ exp(−L_k / T)``, ``L_k`` the
+    validation loss of site ``k``'s adapter on the coordinator-held set (``loss_source="server"``, via
+    ``server_loss_fn``, the global adapter with the site's uploaded tensors) or on the site's own dev split
+    (``"site"``, reported as ``site-val-loss``); ``T`` from ``temperature_rule``; ``combine_with_size`` multiplies
+    in the size weight. Size weights when the settings do not use the loss."""
 
     def __init__(self, settings: AggregationSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
-        if settings.loss_source == "server" and self.server_loss_fn is None:
-            raise ValueError("Fed-MedLoRA+ with loss_source='server' needs server_loss_fn (coordinator validation set)")
+        if settings.uses_loss and settings.loss_source == "server" and self.server_loss_fn is None:
+            raise ValueError(
+                f"{type(self).__name__} weighted by loss with loss_source='server' needs server_loss_fn "
+                "(coordinator validation set)"
+            )
 
     def required_metrics(self) -> list[str]:
-        extra = [SITE_VAL_LOSS] if self.settings.loss_source == "site" else []
+        extra = [SITE_VAL_LOSS] if self.settings.uses_loss and self.settings.loss_source == "site" else []
         return [*super().required_metrics(), *extra]
 
     def site_weights(
         self, replies: Sequence[SiteReply], sizes: Sequence[float]
     ) -> tuple[np.ndarray, list[float] | None]:
+        if not self.settings.uses_loss:
+            return super().site_weights(replies, sizes)
         if self.settings.loss_source == "site":
             losses = [r.metrics[SITE_VAL_LOSS] for r in replies]
         else:
@@ -589,6 +593,13 @@ class FedMedLoRAPlus(LoraStrategy):
             losses = [float(self.server_loss_fn(merge_into(self._global, r.arrays))) for r in replies]
         self.last_temperature = data_temperature(losses, self.settings.temperature_rule, self.settings.temperature)
         return weights_for(self.settings, sizes, losses, [r.site for r in replies]), losses
+
+
+class FedMedLoRAPlus(_LossWeights):
+    """Fed-MedLoRA+ (reference ``adaptor_avg_by_loss``): every LoRA tensor, weighted by ``exp(−L_k / T)`` of each
+    site adapter's validation loss (``_LossWeights``)."""
+
+    rule = "fedmedlora+"
 
 
 class FedSA(LoraStrategy):
@@ -612,12 +623,13 @@ class FFA(LoraStrategy):
     rule = "ffa"
 
 
-class RoLoRA(LoraStrategy):
+class RoLoRA(_LossWeights):
     """RoLoRA (Chen et al., arXiv 2502.01755): alternating optimisation of the two LoRA factors. Odd rounds train
     and share ``lora_B`` with ``lora_A`` frozen, even rounds ``lora_A`` with ``lora_B`` frozen (the sites freeze
     the factor from the round's ``rule`` and ``server-round``, ``aggregation.rolora_factor``). Every site holds the
-    same frozen factor, so the size-weighted mean of the trained one is exact for the product ``BA``; each upload is
-    one factor (about half of Fed-MedLoRA's bytes). The global adapter is complete after every round."""
+    same frozen factor, so the weighted mean of the trained one is exact for the product ``BA``; each upload is one
+    factor (about half of Fed-MedLoRA's bytes). The global adapter is complete after every round. Size weights, or
+    Fed-MedLoRA+'s loss weights with ``settings.loss_weighted`` (``_LossWeights``)."""
 
     rule = "rolora"
 
