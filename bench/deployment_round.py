@@ -66,6 +66,15 @@ def main() -> None:
         default="file",
         help="SuperLink state: SQLite file (survives restarts) or Flower's in-memory state",
     )
+    parser.add_argument(
+        "--tiny-layers", type=int, default=2, help="layers of the tiny model (30: SmolLM2's 240 LoRA tensors)"
+    )
+    parser.add_argument(
+        "--wire",
+        choices=["packed", "unpacked"],
+        default="packed",
+        help="adapter layout on the wire: packed (2 Flower objects) or one Array per tensor (Flower's default)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (logs, run folders)")
     args = parser.parse_args()
 
@@ -76,6 +85,9 @@ def main() -> None:
     from fedmedlora.federation.simulation import run_federation
 
     torch.set_num_threads(args.threads)
+    from fedmedlora.federation.messages import UNPACKED_ENV
+
+    os.environ[UNPACKED_ENV] = "1" if args.wire == "unpacked" else "0"  # inherited by every site process
     modes = args.modes.split(",")
     results = []
     with tempfile.TemporaryDirectory(prefix="fml-deploy-bench-") as tmp:
@@ -85,7 +97,9 @@ def main() -> None:
                 from tinymodel import build_tiny_world
 
                 sites = [f"site{i:02d}" for i in range(n)]
-                world = build_tiny_world(root / f"world{n}", sites, [2 + i % 3 for i in range(n)])
+                world = build_tiny_world(
+                    root / f"world{n}", sites, [2 + i % 3 for i in range(n)], layers=args.tiny_layers
+                )
                 data = world / "bench"
             else:
                 world, data = None, default_benchmark_dir()
@@ -152,6 +166,8 @@ def main() -> None:
             "site_threads": args.site_threads,
             "omp_env": os.environ.get("OMP_NUM_THREADS"),
             "superlink_state": args.superlink_state,
+            "wire": args.wire,
+            "tiny_layers": args.tiny_layers if args.model == "tiny" else None,
             "results": results,
         },
     )

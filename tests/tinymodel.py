@@ -64,8 +64,8 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(tokenizer, seed: int = 0):
-    """A 2-layer Llama (hidden 32, 4 heads / 2 KV heads, intermediate 64) with seeded random weights."""
+def build_tiny_model(tokenizer, seed: int = 0, layers: int = 2):
+    """A 2-layer (or ``layers``) Llama (hidden 32, 4 heads / 2 KV heads, intermediate 64), seeded random weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -74,7 +74,7 @@ def build_tiny_model(tokenizer, seed: int = 0):
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
@@ -88,10 +88,10 @@ def build_tiny_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model(out: Path, seed: int = 0) -> Path:
+def save_tiny_model(out: Path, seed: int = 0, layers: int = 2) -> Path:
     """Build and save a tiny model + tokenizer folder loadable by ``fedmedlora.lm.model.load_base_model``."""
     tokenizer = build_tiny_tokenizer()
-    build_tiny_model(tokenizer, seed=seed).save_pretrained(out)
+    build_tiny_model(tokenizer, seed=seed, layers=layers).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -119,13 +119,13 @@ def make_doc(site: str, split: str, i: int, text: str, ents: list[tuple[str, str
     return Document(f"{site}-{split}-{i}", site, split, text, (sent,), LabelSet())
 
 
-def build_tiny_world(root: Path, sites: list[str], train_docs: list[int]) -> Path:
+def build_tiny_world(root: Path, sites: list[str], train_docs: list[int], layers: int = 2) -> Path:
     """``root/model`` (tiny Llama) + ``root/bench/<site>/{train,dev}.jsonl`` (``train_docs[k]`` training documents
     at site k, one dev document) + ``root/bench/_server/validation.jsonl``. Returns ``root``."""
     from fedmedlora.jsonl import write_documents
 
     if not (root / "model" / "config.json").is_file():
-        save_tiny_model(root / "model")
+        save_tiny_model(root / "model", layers=layers)
     for k, site in enumerate(sites):
         (root / "bench" / site).mkdir(parents=True, exist_ok=True)
         for split, n in (("train", train_docs[k]), ("dev", 1)):
