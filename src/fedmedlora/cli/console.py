@@ -12,6 +12,7 @@ own bars and warnings come back, and the row lines stay.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -32,6 +33,10 @@ from fedmedlora.progress import GENERATING, ROUND, TRAINING
 #: unless ``-v`` (e.g. transformers' "`is_gradient_checkpointing` is deprecated").
 LIBRARIES = ("transformers", "peft", "torch", "flwr", "opacus", "huggingface_hub", "accelerate", "tokenizers", "click")
 
+#: Loggers whose chatter (Flower's per-round INFO banner, its advisory WARNINGs) is hidden unless ``-v``: only
+#: their errors show. fedmedlora's own loggers are left alone.
+CHATTY_LOGGERS = ("flwr",)
+
 #: Environment variables that turn the libraries' own progress bars and advisory messages off.
 QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -45,13 +50,16 @@ QUIET_ENV = {
 def quiet_libraries(verbose: bool) -> Iterator[None]:
     """Within the block: without ``verbose``, third-party progress bars (transformers/huggingface_hub: weight
     loading, the one-time GGUF conversion) and the libraries' deprecation warnings are off; fedmedlora's own
-    warnings still show. With ``verbose`` nothing is changed. Everything is restored afterwards."""
+    warnings still show; Flower logs its errors only (``CHATTY_LOGGERS``). With ``verbose`` nothing is changed.
+    Everything is restored afterwards."""
     if verbose:
         yield
         return
     saved = {k: os.environ.get(k) for k in QUIET_ENV}
     os.environ.update({k: v for k, v in QUIET_ENV.items() if saved[k] is None})
     restore_hf = _quiet_loaded_libraries()
+    for name in CHATTY_LOGGERS:  # a filter, not a level: Flower sets its logger's level when it is imported
+        logging.getLogger(name).addFilter(_errors_only)
     try:
         with warnings.catch_warnings():
             pattern = rf"({'|'.join(LIBRARIES)})(\.|$)"
@@ -60,9 +68,15 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
             yield
     finally:
         restore_hf()
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).removeFilter(_errors_only)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def _quiet_loaded_libraries() -> Any:
@@ -202,4 +216,4 @@ def progress_display(label: str, verbose: bool = False) -> Iterator[RunConsole]:
         yield sink
 
 
-__all__ = ["LIBRARIES", "QUIET_ENV", "RunConsole", "progress_display", "quiet_libraries"]
+__all__ = ["CHATTY_LOGGERS", "LIBRARIES", "QUIET_ENV", "RunConsole", "progress_display", "quiet_libraries"]
