@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmedlora.benchmark import Benchmark
+from fedmedlora.benchmark import Benchmark, BenchmarkError
 from fedmedlora.schema import ENTITY_TYPES, MODIFIER_TYPES, SPLITS, Document, LabelSet
 
 
@@ -195,8 +195,13 @@ def benchmark_stats(bench: Benchmark) -> Stats:
         st.server = server_summary(sv)
     sj = bench.root / "stats.json"
     if sj.is_file():
-        old = json.loads(sj.read_text(encoding="utf-8"))
-        st.drops = old.get("drops", {})
+        try:
+            old = json.loads(sj.read_text(encoding="utf-8"))
+            st.drops = dict(old.get("drops", {}))
+        except (UnicodeDecodeError, ValueError, AttributeError, TypeError) as e:
+            raise BenchmarkError(
+                f"{sj}: not a statistics file ({type(e).__name__}: {e}); delete it or run data prepare again"
+            ) from None
     st.removed_duplicates = bench.manifest.get("removed_duplicates", {})
     return st
 

@@ -87,7 +87,11 @@ def _run_setting(
     if setting != "zero_shot":
         examples = [ex for s in sites for ex in site_examples(bench, s, cfg)]
         if not examples:
-            raise ValueError(f"{setting}: no training examples at sites {sites} (check their label sets)")
+            files = ", ".join(str(bench.path(s, "train")) for s in sites)
+            raise ValueError(
+                f"{setting}: no training examples in {files} (no documents, or none with an annotated sentence of "
+                "the site's label set)"
+            )
         t0 = time.perf_counter()
         result = session.train(examples, arrays, cfg)
         arrays = result.arrays
