@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fedmedlora.benchmark import BenchmarkError, check_benchmark, load_benchmark, open_benchmark
 from fedmedlora.config import ConfigError, load_config
-from fedmedlora.jsonl import JsonlError, read_documents
+from fedmedlora.jsonl import JsonlError, read_documents, write_documents
 
 
 @pytest.fixture()
@@ -81,3 +82,30 @@ def test_documents_whose_label_set_differs_from_the_manifest_are_listed(bench):
     (bench / "benchmark.json").write_text(json.dumps(manifest))
     problems = check_benchmark(load_benchmark(bench))
     assert any("phee" in p and "the manifest says" in p for p in problems), problems
+
+
+def test_train_fed_run_and_study_warn_of_a_leak_before_any_work(bench, capsys):
+    from fedmedlora.cli import _warn_benchmark
+
+    train = read_documents(bench / "phee" / "train.jsonl")
+    test = read_documents(bench / "phee" / "test.jsonl")
+    write_documents(bench / "phee" / "test.jsonl", [*test, replace(train[0], split="test")])
+    _warn_benchmark(load_config(overrides=[f"data.benchmark={bench}"]))
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: phee: document {train[0].id!r} is in both train and test" in err
+
+
+@pytest.mark.parametrize("where", ["run folder", "extract output"])
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch, where):
+    import os
+
+    import fedmedlora.recipes.extract as extract_module
+    import fedmedlora.runs as runs_module
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root may write anywhere: pretend it may not
+    if where == "run folder":
+        with pytest.raises(runs_module.RunDirError, match="cannot write there"):
+            runs_module.check_output_dir(tmp_path / "run", "train")
+    else:
+        with pytest.raises(ValueError, match="cannot write there"):
+            extract_module.check_output_file(tmp_path / "p.jsonl")

@@ -92,6 +92,24 @@ def _force(out: Path, command: str, force: bool, *, keep_same_kind: bool = False
         typer.secho(note, fg=typer.colors.YELLOW, err=True)
 
 
+def _warn_benchmark(cfg) -> None:
+    """Say, before any work, what ``fedmedlora data check`` would find in the run's benchmark (a document in two
+    splits, documents whose label set differs from the manifest's): visible, not fatal (the per-file errors —
+    duplicate ids, misfiled documents — stop the run where the file is read)."""
+    from fedmedlora.benchmark import BenchmarkError, check_benchmark
+
+    try:
+        problems = check_benchmark(open_benchmark(cfg.data.benchmark))
+    except (BenchmarkError, ValueError, OSError):
+        return  # the command itself reports an unusable benchmark, with its own message
+    for problem in problems[:5]:
+        typer.secho(f"warning: {problem}", fg=typer.colors.YELLOW, err=True)
+    if len(problems) > 5:
+        typer.secho(
+            f"warning: ... and {len(problems) - 5} more (fedmedlora data check)", fg=typer.colors.YELLOW, err=True
+        )
+
+
 def _run_local(label: str, command: str, out: Path, force: bool, setting: str, cfg, **kwargs) -> RunDir:
     """``run_setting`` for one command, under the progress display, with one summary line when it is done."""
     import time
@@ -101,6 +119,7 @@ def _run_local(label: str, command: str, out: Path, force: bool, setting: str, c
     from fedmedlora.recipes.local import run_setting
 
     _force(out, command, force)
+    _warn_benchmark(cfg)
     t0 = time.perf_counter()
     try:
         with progress_display(label, STATE.verbose):
@@ -266,6 +285,7 @@ def fed_run(
     if force and resume:
         raise fail("--force clears the run in --out; --resume continues it: give one of them")
     _force(out, "federation", force)
+    _warn_benchmark(cfg)
     label = f"fed run ({cfg.federation.strategy})"
     t0 = time.perf_counter()
     try:
@@ -353,6 +373,7 @@ def study(
     if bad:
         raise fail(f"--skip: {bad} not among {', '.join(SKIPPABLE)}")
     _force(out, "study", force, keep_same_kind=True)  # a study of its own goes on where it stopped
+    _warn_benchmark(cfg)
     try:
         with progress_display("study", STATE.verbose):
             res = run_study(
