@@ -238,16 +238,22 @@ def _score(value: Any, low: Any = None, high: Any = None) -> dict[str, Any]:
 
 
 def comparison_tables(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One table per group of sites (in-domain, each site, external, new site): the models' scores with their
-    95% intervals (``study.json`` rows)."""
+    """One table per group of sites (groups of several sites first: in-domain; then each site, external, new
+    site): the models' scores with their 95% intervals (``study.json`` rows)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in summary.get("rows", []):
         cells = [_score(r.get(c), r.get(f"{c}_low"), r.get(f"{c}_high")) for c in COLUMNS]
         groups.setdefault(r["group"], []).append({"model": r["model"], "cells": cells})
     sites = summary.get("groups", {})
+    order = sorted(groups, key=lambda g: len(sites.get(g, [])) <= 1)  # groups of several sites (in-domain) first
     return [
-        {"group": g, "sites": ", ".join(sites.get(g, [])), "rows": rows, "columns": [COLUMN_LABELS[c] for c in COLUMNS]}
-        for g, rows in groups.items()
+        {
+            "group": g,
+            "sites": ", ".join(sites.get(g, [])),
+            "rows": groups[g],
+            "columns": [COLUMN_LABELS[c] for c in COLUMNS],
+        }
+        for g in order
     ]
 
 

@@ -301,3 +301,14 @@ def test_screenshot_shows_the_tables_and_highlighted_sentences(page, study: Path
     type_colours = [(0xFE, 0xCA, 0xCA), (0xBB, 0xF7, 0xD0), (0xBF, 0xDB, 0xFE), (0xFD, 0xE6, 0x8A)]
     assert sum(marks.get(c, 0) for c in type_colours) > 2_000  # highlighted spans are drawn
     assert marks.get((0x1A, 0x7F, 0x37), 0) > 50  # the green frame of exact matches
+
+
+def test_the_report_modules_load_neither_torch_nor_flwr() -> None:
+    import sys
+
+    code = (
+        "import sys, fedmedlora.html_report, fedmedlora.span_errors; "
+        "print([m for m in ('torch', 'flwr', 'transformers', 'peft') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
