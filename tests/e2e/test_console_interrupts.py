@@ -111,6 +111,12 @@ def test_console_is_quiet_without_v_and_prints_the_row_line(model, tmp_path):
     row = [line for line in quiet.stdout.splitlines() if line.startswith("[1/1] evaluate:")]
     assert row and "NER strict F1" in row[0] and row[0].rstrip().endswith(" s"), quiet.stdout
 
+    note = tmp_path / "a.txt"
+    note.write_text("The patient denies chest pain.")
+    extract = _run(["extract", str(note), "--out", str(tmp_path / "p.jsonl"), *args[3:]], tmp_path)
+    assert extract.returncode == 0, extract.stderr
+    assert not any(noise in extract.stdout + extract.stderr for noise in LIBRARY_NOISE), extract.stderr
+
     loud = _run(["-v", *args[:2], str(tmp_path / "v"), *args[3:]], tmp_path)
     assert loud.returncode == 0, loud.stderr
     assert "generate:" in loud.stderr  # fedmedlora's own tqdm bar is back

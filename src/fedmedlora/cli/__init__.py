@@ -52,10 +52,12 @@ def _options(
     ),
 ) -> None:
     """Options for every command: ``fedmedlora -v <command> ...``."""
+    from fedmedlora import progress
     from fedmedlora.cli.console import quiet_libraries
 
     STATE.verbose = verbose
     ctx.with_resource(quiet_libraries(verbose))
+    ctx.with_resource(progress.reporting(None, bars=verbose))  # fedmedlora's own tqdm bars too (extract, ...)
 
 
 def _terminate(signum: int, frame: object) -> None:
