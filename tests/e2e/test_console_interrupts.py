@@ -178,3 +178,18 @@ def test_an_interrupted_or_failed_study_and_its_row_say_so(model, tmp_path, monk
     row = json.loads((tmp_path / "s" / "single-site (chia)" / "run.json").read_text())
     assert study["status"] == row["status"] == status, (study, row)
     assert "stopped in the middle of training" in row["error"]
+
+
+def test_study_prints_one_line_per_row_and_no_library_chatter(model, tmp_path):
+    args = ["study", "--out", str(tmp_path / "s"), "--method", "fedmedlora", "--no-encoder"]
+    args += [f"--skip={s}" for s in ("single_site", "centralized", "new_site")]
+    small = ["train.max_steps=1", "train.batch_size=2", "data.max_train_examples=4", "train.max_length=768"]
+    small += ["eval.max_sentences=1", "eval.max_new_tokens=4", "federation.rounds=1"]
+    run = _run([*args, *_tiny(model, *small)], tmp_path)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("[")]
+    assert any(line.startswith("[1/2] zero-shot: NER strict F1 ") for line in rows), run.stdout
+    assert any(line.startswith("[2/2] Fed-MedLoRA: NER strict F1 ") for line in rows), run.stdout
+    shown = run.stdout + run.stderr
+    for noise in (*LIBRARY_NOISE, "[ROUND", "INFO :"):  # Flower's per-round banner too
+        assert noise not in shown, (noise, shown)
