@@ -42,6 +42,7 @@ from fedmedlora.extract import extract_sentences
 from fedmedlora.intervals import site_results
 from fedmedlora.jsonl import iter_json_lines
 from fedmedlora.metrics import Evaluation
+from fedmedlora.prompts import Prompt
 from fedmedlora.reports import COLUMNS, plot_rounds
 from fedmedlora.runs import CONFIG_FILE, ROUNDS_FILE, RUN_FILE, STUDY_JSON, STUDY_ROW_FILE, eval_file
 from fedmedlora.sampling import eval_items
@@ -456,8 +457,9 @@ def library_versions() -> dict[str, str]:
 # ---- the error browser ------------------------------------------------------------------------------------------
 
 
-def replay(row: Row, bench: Benchmark, site: str) -> tuple[list[tuple[Sentence, Any]], list[Sentence]]:
-    """The evaluation sentences of ``site`` and the row's predictions on them, from its recorded generations.
+def replay(row: Row, bench: Benchmark, site: str) -> tuple[list[tuple[Sentence, Any]], list[Sentence], dict[str, str]]:
+    """The evaluation sentences of ``site``, the row's predictions on them, from its recorded generations, and
+    the raw NER answer of each sentence (by sentence text).
 
     Raises:
         ReportError: the row has no configuration or recorded generations, or they do not cover the sentences.
@@ -469,6 +471,7 @@ def replay(row: Row, bench: Benchmark, site: str) -> tuple[list[tuple[Sentence, 
         raise ReportError(f"{outputs_file}: missing (no recorded generations)")
     recorded = {o["prompt"]: o["output"] for _, o in iter_json_lines(outputs_file) if o.get("site") == site}
     _, items = eval_items(bench, site, row.cfg)
+    raw_ner: dict[str, str] = {}
 
     def look_up(prompts: list[str]) -> list[str]:
         missing = [p for p in prompts if p not in recorded]
@@ -477,11 +480,14 @@ def replay(row: Row, bench: Benchmark, site: str) -> tuple[list[tuple[Sentence, 
                 f"{outputs_file}: {len(missing)} of {len(prompts)} prompts for {site} were not recorded (another "
                 "benchmark or configuration?)"
             )
+        for p in prompts:
+            if isinstance(p, Prompt) and p.task == "ner":
+                raw_ner[p.sentence] = recorded[p]
         return [recorded[p] for p in prompts]
 
     cfg = row.cfg
     preds = extract_sentences(items, look_up, fmt=cfg.data.format, tasks=cfg.data.tasks, heads="gold")
-    return items, preds
+    return items, preds, raw_ner
 
 
 def error_browser(rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed: int = 0) -> dict[str, Any]:
@@ -492,6 +498,7 @@ def error_browser(rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed:
     gold: dict[str, dict[str, Sentence]] = {}  # site -> sentence id -> gold sentence
     preds: dict[str, dict[str, dict[str, Sentence]]] = {}  # site -> sentence id -> model -> prediction
     models: list[str] = []
+    raw: dict[tuple[str, str, str], str | None] = {}  # (site, sentence id, model) -> raw NER answer
     for row in rows:
         if row.path is None or row.cfg is None or not (row.path / eval_file("test", "_outputs.jsonl")).is_file():
             continue
@@ -504,7 +511,7 @@ def error_browser(rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed:
         benches[where] = bench
         for site in site_results(row.results):
             try:
-                items, predicted = replay(row, bench, site)
+                items, predicted, raw_ner = replay(row, bench, site)
             except (ReportError, BenchmarkError, OSError, ValueError) as e:
                 notes.append(f"{row.name} on {site}: {e}")
                 continue
@@ -513,6 +520,7 @@ def error_browser(rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed:
             for (sent, _), p in zip(items, predicted, strict=True):
                 gold.setdefault(site, {})[sent.id] = sent
                 preds.setdefault(site, {}).setdefault(sent.id, {})[row.name] = p
+                raw[(site, sent.id, row.name)] = raw_ner.get(sent.text)
     sentences = []
     totals: Counter[str] = Counter()
     for site, by_id in gold.items():
@@ -537,6 +545,7 @@ def error_browser(rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed:
                         "kinds": kinds,
                         "counts": Counter(o.kind for o in [*ents, *mods]),
                         "lines": _lines(sent.text, outcome_marks(sent, ents, mods)),
+                        "raw": raw.get((site, sid, model)),
                     }
                 )
             sentences.append({"site": site, "id": sid, "gold": _lines(sent.text, gold_marks(sent)), "models": lines})

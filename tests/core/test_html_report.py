@@ -155,6 +155,14 @@ def test_report_highlights_gold_and_predicted_spans_by_type_and_kind(page, study
     assert any("mod" in m["class"].split() and "→" in m["tag"] for m in p.marks)
 
 
+def test_report_shows_the_raw_answers_escaped(page) -> None:
+    html, _ = page
+    # the oracle answers in the paper's inline markup: shown as text under each model's line, never as markup
+    assert "raw NER answer" in html
+    assert "&lt;span class=&#34;" in html
+    assert '<span class="drug">' not in html and '<span class="problem">' not in html
+
+
 def test_report_filters_and_curves_are_inline(page) -> None:
     html, p = page
     assert set(SITES) <= set(p.options)
