@@ -82,6 +82,7 @@ RUN_OUTPUTS = (
     STUDY_PAIRED_CSV,
     "plots",
     "report.html",
+    "error.log",
 )
 
 #: Folders the user allowed a run into although they are not run folders (``force_output_dir``), resolved.

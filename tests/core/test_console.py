@@ -141,3 +141,24 @@ def test_the_error_log_keeps_no_note_text_unless_v(tmp_path, monkeypatch, capsys
     else:
         assert "chest pain" not in logged and "breast cancer" not in logged
         assert "chest pain" not in shown and "Traceback" not in shown
+
+
+def test_an_unexpected_error_in_a_run_goes_to_the_run_folders_error_log(tmp_path, monkeypatch, capsys):
+    import fedmedlora.recipes.local as local_module
+    from fedmedlora.cli import main
+
+    def boom(setting, cfg, out, **kwargs):
+        RunDir(out, cfg, command="train")
+        raise RuntimeError(f"could not handle text={NOTE!r}")
+
+    monkeypatch.setattr(local_module, "run_setting", boom)
+    monkeypatch.setenv("FEDMEDLORA_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("FEDMEDLORA_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["fedmedlora", "train", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    log = tmp_path / "run" / "error.log"
+    assert "error.log" in capsys.readouterr().err  # the one line says where the traceback went
+    assert "RuntimeError" in log.read_text() and "chest pain" not in log.read_text()
+    assert not (tmp_path / "logs").exists()

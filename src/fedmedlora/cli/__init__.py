@@ -25,6 +25,7 @@ from fedmedlora.cli.common import (
     json_fields,
     report_unexpected,
     resolve,
+    run_folder_of,
     user_errors,
     with_adapter_prompting,
 )
@@ -79,7 +80,10 @@ def main() -> None:  # console-script entry point
     except Exception as err:  # everything the commands did not turn into a one-line user error
         if os.environ.get("FEDMEDLORA_DEBUG"):
             raise
-        raise SystemExit(report_unexpected(err, sys.argv[1:2], verbose=STATE.verbose)) from None
+        command = [a for a in sys.argv[1:] if a not in ("-v", "--verbose")][:1]
+        raise SystemExit(
+            report_unexpected(err, command, verbose=STATE.verbose, run_folder=run_folder_of(sys.argv[1:]))
+        ) from None
 
 
 def _force(out: Path, command: str, force: bool, *, keep_same_kind: bool = False) -> None:

@@ -135,6 +135,19 @@ def log_dir() -> Path:
     return Path(raw) if raw else Path.home() / ".cache" / "fedmedlora" / "logs"
 
 
+def run_folder_of(argv: list[str]) -> Path | None:
+    """The run folder a command line writes (``--out``/``-o``), if it is one already (it holds ``run.json``)."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("--out", "-o") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--out="):
+            value = arg.split("=", 1)[1]
+        if value and (Path(value) / "run.json").is_file():
+            return Path(value)
+    return None
+
+
 def scrubbed_traceback(err: BaseException) -> str:
     """The traceback of ``err`` and of the errors it was raised from: frames and source lines, each error's type,
     but no error message (a message may quote a note: ``text='Patient denies ...'``) and no locals."""
@@ -152,8 +165,11 @@ def scrubbed_traceback(err: BaseException) -> str:
     return "\nThe above was raised while handling / from:\n\n".join(reversed(parts))
 
 
-def report_unexpected(err: BaseException, command: list[str], verbose: bool = False) -> int:
-    """Write the traceback (frames and source lines, no locals) to a log file and print one line that names the
+def report_unexpected(
+    err: BaseException, command: list[str], verbose: bool = False, run_folder: Path | None = None
+) -> int:
+    """Write the traceback (frames and source lines, no locals) to a log file — ``<run_folder>/error.log`` when the
+    command was writing a run folder, else one in ``log_dir()`` — and print one line that names the
     command, the error type, where in fedmedlora it happened and the log — never the message, which may quote a
     note. OS errors name their file. Without ``verbose`` the log leaves every error message out too
     (``scrubbed_traceback``); with it, the log holds the full traceback and it is printed here as well (still
@@ -168,9 +184,12 @@ def report_unexpected(err: BaseException, command: list[str], verbose: bool = Fa
         sys.stderr.write(full)
     log_note = ""
     try:
-        folder = log_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
+        if run_folder is not None:
+            log = run_folder / "error.log"
+        else:
+            folder = log_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{os.getpid()}.log"
         log.write_text(full if verbose else scrubbed_traceback(err), encoding="utf-8")
         log_note = f"; the traceback is in {log}" + (" (it may quote input text)" if verbose else "")
     except OSError:
