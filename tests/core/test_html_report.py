@@ -320,3 +320,63 @@ def test_the_report_modules_load_neither_torch_nor_flwr() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (apt-get install chromium)")
+def test_filters_and_sorting_work_in_a_browser(page, tmp_path: Path) -> None:
+    """The inline JS, run by Chromium: choose a site and one error kind, sort a column; read the DOM back."""
+    html, _ = page
+    act = """<script>
+    var site = document.getElementById("f-site");
+    site.value = "phee";
+    document.querySelectorAll(".f-kind").forEach(function (c) { c.checked = c.value === "boundary"; });
+    site.dispatchEvent(new Event("change", {bubbles: true}));
+    var th = document.querySelector("table.comparison thead th:nth-child(2)");
+    th.click(); th.click();
+    </script></body>"""
+    page_file = tmp_path / "acted.html"
+    page_file.write_text(html.replace("</body>", act), encoding="utf-8")
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page_file.resolve().as_uri()]
+    dom = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
+
+    class Dom(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sentences: list[dict] = []  # site, hidden, and its model lines (model, kinds, hidden)
+            self.first_rows: list[str] = []  # the first cell of every row of the first comparison table
+            self._table = self._row = self._cell = 0
+
+        def handle_starttag(self, tag, attrs) -> None:
+            a = dict(attrs)
+            cls = (a.get("class") or "").split()
+            if tag == "div" and "sent" in cls:
+                self.sentences.append({"site": a.get("data-site"), "hidden": "hidden" in a, "lines": []})
+            elif tag == "div" and "pred" in cls:
+                line = {"model": a.get("data-model"), "kinds": a.get("data-kinds", "").split(), "hidden": "hidden" in a}
+                self.sentences[-1]["lines"].append(line)
+            elif tag == "table" and "comparison" in cls:
+                self._table += 1
+            elif tag == "tr" and self._table == 1:
+                self._row = 1
+            elif tag == "td" and self._row == 1:
+                self._cell, self._row = 1, 2
+
+        def handle_endtag(self, tag) -> None:
+            if tag == "td":
+                self._cell = 0
+
+        def handle_data(self, data) -> None:
+            if self._cell and data.strip():
+                self.first_rows.append(data.strip())
+                self._cell = 0
+
+    d = Dom()
+    d.feed(dom)
+    assert d.sentences
+    shown = [s for s in d.sentences if not s["hidden"]]
+    assert shown and all(s["site"] == "phee" for s in shown)
+    for s in shown:
+        for line in s["lines"]:
+            assert line["hidden"] == ("boundary" not in line["kinds"] and bool(line["kinds"])), line
+    assert any(not line["hidden"] and "boundary" in line["kinds"] for s in shown for line in s["lines"])
+    assert d.first_rows == ["Fed-MedLoRA", "zero-shot"]  # NER strict F1, sorted high to low after two clicks
