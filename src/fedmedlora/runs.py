@@ -13,6 +13,7 @@ Owns the layout every command writes (and nothing else names run files)::
                                      the raw generations
     <study>/study.md|csv|json        a study's comparison (``fedmedlora.recipes.study``); <row>/study_row.json
     <study>/study_paired.csv         its paired comparisons; <study>/seed-<N>/ the rows repeated with seed N
+    <run>/error.log                  an unexpected error's traceback (``fedmedlora.cli``; no error text unless -v)
 
 Also ``peak_rss_mb`` (the peak memory recorded in run records). Pure core: must not import torch or flwr.
 """
