@@ -50,27 +50,22 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
+#: generation that would run for minutes (no early stop, long answers), and training that would
+GENERATING = ["evaluate", "-s", "eval.early_stop=false", "-s", "eval.stop_on_repetition=false"]
+GENERATING += ["-s", "eval.max_new_tokens=300", "-s", "eval.max_sentences=50"]
+TRAINING = ["train", "--setting", "centralized", "-s", "train.max_steps=100000", "-s", "data.max_train_examples=8"]
+
+
 @pytest.mark.parametrize(
-    "command",
+    ("command", "signum", "error"),
     [
-        # generation that would run for minutes: no early stop, long answers
-        [
-            "evaluate",
-            "-s",
-            "eval.early_stop=false",
-            "-s",
-            "eval.stop_on_repetition=false",
-            "-s",
-            "eval.max_new_tokens=300",
-            "-s",
-            "eval.max_sentences=50",
-        ],
-        # training that would run for minutes
-        ["train", "--setting", "centralized", "-s", "train.max_steps=100000", "-s", "data.max_train_examples=8"],
+        (GENERATING, signal.SIGINT, "KeyboardInterrupt"),
+        (TRAINING, signal.SIGINT, "KeyboardInterrupt"),
+        (TRAINING, signal.SIGTERM, "SystemExit"),  # a scheduler's or `kill`'s stop
     ],
-    ids=["evaluate-generating", "train-stepping"],
+    ids=["evaluate-generating-sigint", "train-stepping-sigint", "train-stepping-sigterm"],
 )
-def test_sigint_stops_the_run_and_marks_it_interrupted(model, tmp_path, command):
+def test_a_signal_stops_the_run_and_marks_it_interrupted(model, tmp_path, command, signum, error):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [*FEDMEDLORA, *command, "--out", str(out), *_tiny(model)],
@@ -88,7 +83,7 @@ def test_sigint_stops_the_run_and_marks_it_interrupted(model, tmp_path, command)
         assert proc.poll() is None, proc.communicate()[0]  # still working: the run is long enough to interrupt
         time.sleep(4)  # past loading the tiny model: into the generation / training loop
         assert proc.poll() is None, proc.communicate()[0]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         output, _ = proc.communicate(timeout=120)  # a generous bound: it stops at the next step, not at the end
     finally:
         if proc.poll() is None:
@@ -97,7 +92,7 @@ def test_sigint_stops_the_run_and_marks_it_interrupted(model, tmp_path, command)
     assert proc.returncode != 0, output
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted", run
-    assert "KeyboardInterrupt" in run["error"]
+    assert run["error"].startswith(error)
     assert "Traceback" not in output
 
 
