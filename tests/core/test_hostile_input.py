@@ -109,3 +109,10 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch, 
     else:
         with pytest.raises(ValueError, match="cannot write there"):
             extract_module.check_output_file(tmp_path / "p.jsonl")
+
+
+def test_a_non_utf8_manifest_is_an_error_naming_the_file(bench):
+    raw = (bench / "benchmark.json").read_bytes()
+    (bench / "benchmark.json").write_bytes(raw.replace(b'"name"', b'"n\xe9me"', 1))  # a Latin-1 byte
+    with pytest.raises(BenchmarkError, match=r"benchmark\.json: not UTF-8 text"):
+        load_benchmark(bench)
