@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -483,6 +484,37 @@ DEPLOYMENT_NOTES = """Reading the deployment tables:
   round ends with the others. The 10-site row is therefore missing from the table above."""
 
 
+def wire_section(d: dict[str, Any]) -> list[str]:
+    """Packed vs one-Array-per-tensor adapters on the Deployment Engine (``bench/results/deployment_wire.json``)."""
+    rows = []
+    for r in d["runs"]:
+        if r.get("failed"):
+            rows.append([r["wire"], r["superlink_state"], "failed", r["failed"]])
+        else:
+            rounds = ", ".join(f"{x:.1f}" for x in r["round_seconds"])
+            rows.append([r["wire"], r["superlink_state"], f"{r['steady_round_s']:.1f}", rounds])
+    done = [r for r in d["runs"] if not r.get("failed") and r["superlink_state"] == "memory"]
+    med = {w: sorted(r["steady_round_s"] for r in done if r["wire"] == w) for w in ("packed", "unpacked")}
+    ratio = ""
+    if med["packed"] and med["unpacked"]:
+        ratio = (
+            f" Against the in-memory SuperLink, unpacked rounds take "
+            f"{statistics.median(med['unpacked']) / statistics.median(med['packed']):.1f}× as long as packed ones."
+        )
+    return [
+        "## Adapter layout on the wire: packed vs one Flower object per tensor",
+        "",
+        _machine(d),
+        "",
+        f"{d['model']}, 3 sites with resident workers ({d['site_threads']} torch thread each), {d['rounds']} rounds, "
+        f"TLS + node auth. Command: `{d['commands'][0]}`. Flower stores and transfers every `Array` of a message as "
+        "its own object (one request each); a packed adapter is 6 objects per message, an unpacked one 482." + ratio,
+        "",
+        markdown_table(["wire", "SuperLink state", "rounds ≥2 median (s)", "round seconds / outcome"], rows),
+        "",
+    ]
+
+
 def render() -> str:
     lines = [
         "# Performance",
@@ -519,6 +551,9 @@ def render() -> str:
     d = _load("deployment_scale")
     if d is not None:
         lines += deployment_section(d, "Round time against the number of SuperNodes (tiny model)")
+    d = _load("deployment_wire")
+    if d is not None:
+        lines += wire_section(d)
     if _load("deployment_round") is not None:
         lines += [DEPLOYMENT_NOTES, ""]
     lines += gpu_section(_load("gpu_bench"))
