@@ -39,6 +39,7 @@ CHATTY_LOGGERS = ("flwr",)
 
 #: Environment variables that turn the libraries' own progress bars and advisory messages off.
 QUIET_ENV = {
+    "TQDM_DISABLE": "1",  # bars that call tqdm directly (transformers' GGUF conversion); read when tqdm is imported
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
