@@ -162,3 +162,23 @@ def test_an_unexpected_error_in_a_run_goes_to_the_run_folders_error_log(tmp_path
     assert "error.log" in capsys.readouterr().err  # the one line says where the traceback went
     assert "RuntimeError" in log.read_text() and "chest pain" not in log.read_text()
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_estimate_uses_the_current_rows_own_progress(monkeypatch):
+    import fedmedlora.cli.console as console_module
+
+    now = [0.0]
+    monkeypatch.setattr(console_module.time, "monotonic", lambda: now[0])
+    sink, _ = _console()
+    sink.plan(3)
+    sink.row_started("a")
+    assert sink.time_left() is None  # nothing to go by yet
+    now[0] = 30.0
+    sink.step(progress.ROUND, 1, 4)  # a quarter of the row in 30 s: 90 s more, and the 2 rows after it as long
+    assert sink.time_left() == pytest.approx(90 + 2 * 120)
+    sink.row_finished("a", None, 100.0)
+    sink.row_started("b")
+    now[0] = 40.0
+    assert sink.time_left() == pytest.approx((100 - 10) + 100)  # no progress yet: the rows so far took 100 s
+    sink.step(progress.TRAINING, 5, 10)  # half the training: a quarter of the row (training, then scoring)
+    assert sink.time_left() == pytest.approx((10 / 0.25 - 10) + 100)

@@ -168,19 +168,18 @@ class RunConsole:
     def time_left(self) -> float | None:
         """Seconds left for the whole job, or ``None`` before there is anything to estimate from.
 
-        The rows still to run take what the rows run so far took on average; the current row is counted from its
-        own progress when no row has finished yet (its rounds, else its training steps)."""
+        The current row's rest comes from its own progress (its rounds, else its training steps, else its
+        generation) when it has any, else from the average of the rows run so far; every row still to come takes
+        that average (or, before any row finished, what the current row is heading for)."""
         now = time.monotonic()
         current = now - self.row_start if self.row else 0.0
-        left_rows = (self.rows_total - self.rows_done - (1 if self.row else 0)) if self.rows_total else 0
-        if self.rows_run:
-            per_row = self.seconds_run / self.rows_run
-            return max(per_row - current, 0.0) + max(left_rows, 0) * per_row
-        frac = self._row_fraction()
-        if not frac:
+        left_rows = max((self.rows_total - self.rows_done - (1 if self.row else 0)) if self.rows_total else 0, 0)
+        frac = self._row_fraction() if self.row else None
+        per_row = self.seconds_run / self.rows_run if self.rows_run else (current / frac if frac else None)
+        if per_row is None:
             return None
-        row_total = current / frac
-        return row_total - current + max(left_rows, 0) * row_total
+        this_row = current / frac - current if frac else max(per_row - current, 0.0)
+        return this_row + left_rows * per_row
 
     def _row_fraction(self) -> float | None:
         for phase in (ROUND, TRAINING, GENERATING):
