@@ -109,6 +109,13 @@ def _quiet_loaded_libraries() -> Any:
     return restore
 
 
+def _stdout_is_a_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
 def _duration(seconds: float) -> str:
     """``42 s``, ``3 min 5 s``, ``1 h 12 min``."""
     s = round(max(seconds, 0.0))
@@ -139,7 +146,15 @@ class RunConsole:
         self.row_start = time.monotonic()
         self.phases: dict[str, tuple[int, int]] = {}  # phase -> (done, total)
         self.live = (
-            Live(console=console, get_renderable=self.render, transient=True, refresh_per_second=4) if live else None
+            Live(
+                console=console,
+                get_renderable=self.render,
+                transient=True,
+                refresh_per_second=4,
+                redirect_stdout=_stdout_is_a_terminal(),  # `study > log.txt`: the printed lines go to the file
+            )
+            if live
+            else None
         )
 
     # -- ProgressSink --------------------------------------------------------------------------------------------
