@@ -39,7 +39,7 @@ from typing import Any
 from fedmedlora.benchmark import Benchmark, BenchmarkError, open_benchmark
 from fedmedlora.config import ConfigError, RunConfig, load_config
 from fedmedlora.extract import extract_sentences
-from fedmedlora.intervals import site_results
+from fedmedlora.intervals import group_intervals, site_results
 from fedmedlora.jsonl import iter_json_lines
 from fedmedlora.metrics import Evaluation
 from fedmedlora.prompts import Prompt
@@ -265,8 +265,19 @@ def extras_table(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"columns": cols, "rows": [{"model": m, "cells": [v.get(c, "–") for c in cols]} for m, v in extras.items()]}
 
 
-def unseen_tables(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per kind of model: each single-site model against the compared models on the training sites it never saw."""
+def unseen_tables(summary: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per kind of model: each single-site model against the compared models on the training sites it never saw,
+    with the 95% interval of each score on exactly those sites (from the rows' per-document counts in
+    ``results``, ``{model: eval/test.json}``, as the study's own intervals; none for a row without them)."""
+    boot = summary.get("bootstrap", {})
+    n, seed = int(boot.get("resamples") or 0), int(boot.get("seed") or 0)
+
+    def cell(model: str, h: Mapping[str, Any], sites: Sequence[str], task: str) -> dict[str, Any]:
+        ci = (group_intervals(results.get(model, {}), sites, n_resamples=n, seed=seed) or {}).get(task, {})
+        return _score(
+            h.get(f"{task}_strict_f1"), ci.get("strict", {}).get("f1_low"), ci.get("strict", {}).get("f1_high")
+        )
+
     out = []
     for kind, rows in summary.get("unseen_sites", {}).items():
         models = list(dict.fromkeys(m for r in rows for m in r["scores"] if m != r["model"]))
@@ -274,11 +285,10 @@ def unseen_tables(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         body = []
         for r in rows:
-            own = r["scores"].get(r["model"], {})
-            cells = [_score(own.get("ner_strict_f1")), _score(own.get("re_strict_f1"))]
-            for m in models:
+            cells = []
+            for m in [r["model"], *models]:
                 h = r["scores"].get(m, {})
-                cells += [_score(h.get("ner_strict_f1")), _score(h.get("re_strict_f1"))]
+                cells += [cell(m, h, r["unseen"], "ner"), cell(m, h, r["unseen"], "re")]
             body.append({"model": r["model"], "unseen": ", ".join(r["unseen"]), "cells": cells})
         out.append({"kind": kind, "models": models, "rows": body})
     return out
@@ -603,7 +613,7 @@ def build_report(study_dir: str | Path, *, per_site: int = SENTENCES_PER_SITE) -
         "bootstrap": summary.get("bootstrap", {}),
         "comparison": comparison_tables(summary),
         "extras": extras_table(summary),
-        "unseen": unseen_tables(summary),
+        "unseen": unseen_tables(summary, {r.name: r.results for r in rows}),
         "paired": paired_groups(summary),
         "seeds": seed_table(summary),
         "types": type_tables(rows),

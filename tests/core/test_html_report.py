@@ -133,8 +133,11 @@ def test_report_has_the_tables(page) -> None:
         assert any(name in c.split() for c in classes), name
     # the oracle with errors beats answering nothing on every document set: a win, with its interval
     assert '<span class="verdict v-win">win</span>' in html
-    # scores are shown with their 95% interval
+    # scores are shown with their 95% interval, in the unseen-site table too
     assert '<span class="ci">[' in html
+    unseen = html[html.index('<table class="sortable unseen">') :]
+    unseen = unseen[: unseen.index("</table>")]
+    assert "<td>zero-shot</td><td>phee</td>" in unseen and unseen.count('<span class="ci">[') == 4
 
 
 def test_report_highlights_gold_and_predicted_spans_by_type_and_kind(page, study: Path) -> None:
