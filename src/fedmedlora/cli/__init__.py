@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -31,6 +32,7 @@ from fedmedlora.cli.common import (
 )
 from fedmedlora.cli.data import data_app
 from fedmedlora.cli.deploy import deploy_app
+from fedmedlora.config import RunConfig
 from fedmedlora.runs import RunDir, RunDirError, eval_file, force_output_dir
 
 # no locals in tracebacks, ever: a frame's locals hold clinical note text (issue 15)
@@ -98,7 +100,7 @@ def _force(out: Path, command: str, force: bool, *, keep_same_kind: bool = False
         typer.secho(note, fg=typer.colors.YELLOW, err=True)
 
 
-def _warn_benchmark(cfg) -> None:
+def _warn_benchmark(cfg: RunConfig) -> None:
     """Say, before any work, what ``fedmedlora data check`` would find in the run's benchmark (a document in two
     splits, documents whose label set differs from the manifest's): visible, not fatal (the per-file errors —
     duplicate ids, misfiled documents — stop the run where the file is read)."""
@@ -116,7 +118,7 @@ def _warn_benchmark(cfg) -> None:
         )
 
 
-def _run_local(label: str, command: str, out: Path, force: bool, setting: str, cfg, **kwargs) -> RunDir:
+def _run_local(label: str, command: str, out: Path, force: bool, setting: str, cfg: RunConfig, **kwargs: Any) -> RunDir:
     """``run_setting`` for one command, under the progress display, with one summary line when it is done."""
     import time
 
