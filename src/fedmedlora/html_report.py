@@ -334,7 +334,8 @@ def seed_table(summary: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def type_tables(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Strict F1 per entity type (NER) and per modifier type (RE), every site of a row pooled."""
+    """Strict F1 per entity type (NER) and per modifier type (RE), every site of a row pooled (``–``: no gold
+    and no predicted span of that type)."""
     evs = {}
     for row in rows:
         if row.results:
@@ -353,14 +354,10 @@ def type_tables(rows: Sequence[Row]) -> list[dict[str, Any]]:
             for t in types:
                 c = ev.get(task, "strict", t)
                 n = c.tp + c.fn
-                scored = (task, "strict", t) in ev.counts
-                cells.append(
-                    {
-                        "text": _pct(c.f1) if scored else "–",
-                        "ci": f"n={n}" if scored else "",
-                        "sort": c.f1 if scored else "",
-                    }
-                )
+                # F1 is undefined where the type was scored but nobody (gold or model) has a span of it
+                scored = (task, "strict", t) in ev.counts and c.tp + c.fp + c.fn > 0
+                cell = _score(c.f1 if scored else None)
+                cells.append({**cell, "ci": f"n={n}" if (task, "strict", t) in ev.counts else ""})
             body.append({"model": model, "cells": cells})
         out.append({"task": task.upper(), "types": types, "rows": body})
     return out
