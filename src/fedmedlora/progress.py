@@ -6,11 +6,17 @@ and a display (the CLI's console, ``fedmedlora.cli.console``). The working code 
 ``row_finished``; they go to the ``ProgressSink`` installed with ``reporting``, or nowhere. Nothing here imports
 a display library: the core stays pure and the CLI stays a thin adapter.
 
+Every ``step`` is also where a requested stop takes effect (``request_stop``, ``check_stop``): the CLI's SIGINT /
+SIGTERM handler raises at once, but Python drops an exception raised while a finaliser (``__del__``) runs ("Exception
+ignored in ..."), and Ctrl-C during training or generation then went unheard until the end; the request stays set,
+and the next training step, decoding step or round raises it.
+
 Pure core: must not import torch, flwr or rich.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -41,6 +47,25 @@ class ProgressSink(Protocol):
 
 _sink: ProgressSink | None = None
 _bars = True
+_stop: int | None = None  # the signal number of a requested stop not yet raised
+
+
+def request_stop(signum: int) -> None:
+    """Ask the work to stop at its next step (a signal handler calls this before raising)."""
+    global _stop
+    _stop = signum
+
+
+def check_stop() -> None:
+    """Raise a requested stop here: ``KeyboardInterrupt`` for SIGINT, ``SystemExit(128 + n)`` for another signal
+    (the request is then cleared)."""
+    global _stop
+    if _stop is None:
+        return
+    signum, _stop = _stop, None
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 def current() -> ProgressSink | None:
@@ -80,7 +105,8 @@ def row_started(name: str) -> None:
 
 
 def step(phase: str, done: int, total: int) -> None:
-    """See ``ProgressSink.step``."""
+    """See ``ProgressSink.step``; a requested stop is raised here (``check_stop``)."""
+    check_stop()
     if _sink is not None:
         _sink.step(phase, done, total)
 
@@ -118,10 +144,12 @@ __all__ = [
     "TRAINING",
     "ProgressSink",
     "bars",
+    "check_stop",
     "current",
     "headline_f1",
     "plan",
     "reporting",
+    "request_stop",
     "row_finished",
     "row_started",
     "step",

@@ -182,3 +182,38 @@ def test_the_estimate_uses_the_current_rows_own_progress(monkeypatch):
     assert sink.time_left() == pytest.approx((100 - 10) + 100)  # no progress yet: the rows so far took 100 s
     sink.step(progress.TRAINING, 5, 10)  # half the training: a quarter of the row (training, then scoring)
     assert sink.time_left() == pytest.approx((10 / 0.25 - 10) + 100)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, as expected
+def test_a_ctrl_c_dropped_in_a_finaliser_still_stops_the_work_at_its_next_step():
+    """The ~70 s of issue 15: Python drops an exception raised while a ``__del__`` runs ("Exception ignored in"),
+    so a KeyboardInterrupt that lands there is lost; the CLI's handler also requests the stop, and the next step
+    raises it."""
+    import os
+    import signal
+
+    from fedmedlora.cli import _interrupt
+
+    class Finalised:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside the finaliser
+            for _ in range(1000):
+                pass
+
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        Finalised()  # collected at once: its KeyboardInterrupt is printed and dropped by Python
+        with pytest.raises(KeyboardInterrupt):
+            progress.step(progress.TRAINING, 1, 10)
+        progress.step(progress.TRAINING, 2, 10)  # raised once: the work may unwind in peace
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_sigterm_requested_stop_is_a_system_exit():
+    import signal
+
+    progress.request_stop(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        progress.check_stop()
+    assert info.value.code == 128 + signal.SIGTERM

@@ -93,7 +93,7 @@ def test_a_signal_stops_the_run_and_marks_it_interrupted(model, tmp_path, comman
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted", run
     assert run["error"].startswith(error)
-    assert "Traceback" not in output
+    assert "Traceback" not in output, output
 
 
 def test_console_is_quiet_without_v_and_prints_the_row_line(model, tmp_path):

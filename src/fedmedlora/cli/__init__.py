@@ -64,7 +64,20 @@ def _options(
 
 
 def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: stop like Ctrl-C, now and (should this exception be dropped in a finaliser) at the next step."""
+    from fedmedlora import progress
+
+    progress.request_stop(signum)
     raise SystemExit(128 + signum)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT (Ctrl-C): ``KeyboardInterrupt`` now, and the stop also requested for the next training step, decoding
+    step or round, because Python drops an exception raised while a ``__del__`` runs."""
+    from fedmedlora import progress
+
+    progress.request_stop(signum)
+    raise KeyboardInterrupt
 
 
 def main() -> None:  # console-script entry point
@@ -72,9 +85,9 @@ def main() -> None:  # console-script entry point
     that holds the traceback (no locals, no note text on the terminal). ``FEDMEDLORA_DEBUG=1`` re-raises."""
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so every run folder records how it ended
     signal.signal(signal.SIGTERM, _terminate)
-    # Ctrl-C / SIGINT raises KeyboardInterrupt even where the starting shell set it to "ignore" (a job started
-    # with `&` from a script inherits that: it then ran to the end, ~70 s, instead of stopping; issue 15)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C / SIGINT stops the run even where the starting shell set it to "ignore" (a job started with `&`
+    # from a script inherits that: it then ran to the end, ~70 s, instead of stopping; issue 15)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app(standalone_mode=True)
     except SystemExit:

@@ -298,6 +298,7 @@ def _decode(
     next_pos = torch.zeros((0,), dtype=torch.long)
     logits: torch.Tensor | None = None
     while pending or live:
+        progress_events.check_stop()  # Ctrl-C takes effect at the next decoding step (fedmedlora.progress)
         if pending and (len(live) <= refill_at or not live):
             new, pending = pending[: batch_size - len(live)], pending[batch_size - len(live) :]
             n_past, n_mask, n_pos, n_logits = _prefill(model, prefixes, new, pad_id, device)
