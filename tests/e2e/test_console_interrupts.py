@@ -1,8 +1,9 @@
 """The ``fedmedlora`` command as a person runs it, in a subprocess, with the tiny random model.
 
-* Ctrl-C (SIGINT) stops ``evaluate`` (generation) and ``train`` (training steps) at once, even when the process was
-  started with SIGINT ignored, as a job started with ``&`` from a script is (the ~70 s of issue 15: the run went
-  on to its end), and ``run.json`` says ``interrupted``;
+* Ctrl-C (SIGINT) and SIGTERM stop ``evaluate`` (generation) and ``train`` (training steps) at once or at the next
+  step, even when the process was started with SIGINT ignored, as a job started with ``&`` from a script is, and
+  when the interrupt lands in a finaliser and Python drops it (the ~70 s of issue 15: the run went on to its end;
+  ``tests/core/test_console.py`` has the deterministic case), and ``run.json`` says ``interrupted``;
 * the console shows no library progress bar and no deprecation warning without ``-v`` and prints one line per
   finished row; ``-v`` brings the bars and the warnings back;
 * ``--force`` lets a run into a foreign folder or over a finished run of another kind, and says so.
