@@ -472,16 +472,25 @@ DEPLOYMENT_NOTES = """Reading the deployment tables:
   - the coordinator aggregates 26 s after the last reply reached the SuperLink.
   Flower's own polling accounts for only a few seconds: a SuperNode polls for messages every 3 s (hard-coded in
   flwr 1.41), the SuperExec every 1 s (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`), and the coordinator's
-  `RejoiningGrid` every 1 s, where Flower's grid waits 3 s. Our hypothesis, not yet measured, is that the rest
-  is Flower's object transfer. A message's `ArrayRecord` becomes one object per tensor (240 for this adapter,
-  28 for the tiny one), and each object is pushed and pulled separately over TLS. The prototype to measure next
-  packs the adapter into one `Array` per message.
-- 10 SuperNodes on this machine did not finish a round. The SuperLink's SQLite state (`--database`,
-  `busy_timeout` 5 s) answered one of ten simultaneous reply pushes with HTTP 500 "database is locked".
-  Flower's SuperNode logs "Failed to send message" and does not retry, so the coordinator waited for that reply
-  until `federation.round_timeout_s`. The node stays online, so `RejoiningGrid` cannot tell the reply was lost.
-  Until Flower retries, keep `round_timeout_s` near the SLA and `min_sites` below the number of sites, so such a
-  round ends with the others. The 10-site row is therefore missing from the table above."""
+  `RejoiningGrid` every 1 s, where Flower's grid waits 3 s.
+- The rest was Flower's object transfer, now measured (the "Adapter layout on the wire" table): Flower stores and
+  moves every `Array` of a message as its own object, one request each over TLS, so an adapter of 240 tensors
+  was 482 objects per message. Since 09336f5 the adapter travels packed (one JSON index `Array` + one byte
+  `Array`, 6 objects per message; `fedmedlora.federation.messages`). With the 240 tensors of SmolLM2's adapter on
+  a tiny 30-layer model, 3 resident sites, a round went from 73 s to 8.5 s (8.6×, in-memory SuperLink), and the
+  unpacked run against the SQLite SuperLink failed twice with HTTP 500 while the packed one finished. The SmolLM2
+  table above was measured before packing, on another machine (Intel Xeon); it is not re-measured yet.
+- 10 SuperNodes now finish every round against the SQLite SuperLink (`--database`), fresh and resident (the
+  scale table; measured on a 2-core AMD EPYC while a SmolLM2 study ran beside it, so every process was at 1
+  torch thread: a 2-thread simulation under that load ran 60× slower from OpenMP oversubscription). With the tiny
+  model the deployment's cost is Flower's fixed per-round cost (polling, process start), not work: 7 s per round
+  for 3 resident sites and 15 s for 10, against well under a second of computation.
+  Before packing, one of ten simultaneous reply pushes was answered with HTTP 500 "database is locked" (Flower's
+  `busy_timeout` is 5 s), the SuperNode did not retry, and the round waited for `federation.round_timeout_s`.
+  Fewer objects means far fewer SQLite writes per round. If a lock still occurs at larger scale,
+  `fedmedlora deploy superlink --in-memory` keeps the SuperLink's state in memory (no writer lock; registered keys
+  and runs are then lost when it stops), and `round_timeout_s` near the SLA with `min_sites` below the number of
+  sites ends such a round with the others."""
 
 
 def wire_section(d: dict[str, Any]) -> list[str]:
