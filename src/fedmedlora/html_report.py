@@ -658,13 +658,25 @@ def write_report(study_dir: str | Path, out: str | Path | None = None, *, per_si
 
 
 def note_marks(record: Mapping[str, Any]) -> list[Mark]:
-    """The marks of one ``extract`` output record (``fedmedlora.extract.to_output_record``: document offsets)."""
+    """The marks of one ``extract`` output record (``fedmedlora.extract.to_output_record``: document offsets).
+
+    Entities on the same span become one mark labelled with every type (coloured by the first), and so do the
+    modifiers on the same span: a model that gives one span several types reads as one mark, not a cascade.
+    """
     heads = {e["id"]: e for e in record.get("entities", [])}
-    marks = [Mark(e["start"], e["end"], e["type"], "pred", e["type"]) for e in record.get("entities", [])]
+    entities: dict[tuple[int, int], list[str]] = {}
+    for e in record.get("entities", []):
+        entities.setdefault((e["start"], e["end"]), []).append(e["type"])
+    modifiers: dict[tuple[int, int], list[tuple[str, str]]] = {}
     for m in record.get("modifiers", []):
         head = heads.get(m.get("head", ""))
-        label = f"{m['type']} → {head['text'] if head else m.get('head', '?')}"
-        marks.append(Mark(m["start"], m["end"], m["type"], "pred", label, modifier=True))
+        modifiers.setdefault((m["start"], m["end"]), []).append(
+            (m["type"], head["text"] if head else m.get("head", "?"))
+        )
+    marks = [Mark(a, b, types[0], "pred", " · ".join(dict.fromkeys(types))) for (a, b), types in entities.items()]
+    for (a, b), mods in modifiers.items():
+        label = " · ".join(dict.fromkeys(f"{t} → {h}" for t, h in mods))
+        marks.append(Mark(a, b, mods[0][0], "pred", label, modifier=True))
     return marks
 
 
@@ -680,7 +692,7 @@ def notes_html(notes: Sequence[tuple[str, str]], records: Sequence[Mapping[str, 
         if rec.get("id") not in texts:
             raise ReportError(f"extraction record {rec.get('id')!r}: no note with that id")
         marks = note_marks(rec)
-        counts.update(m.type for m in marks)
+        counts.update(x["type"] for x in [*rec.get("entities", []), *rec.get("modifiers", [])])
         views.append(
             {
                 "id": rec["id"],

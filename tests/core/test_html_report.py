@@ -383,3 +383,26 @@ def test_filters_and_sorting_work_in_a_browser(page, tmp_path: Path) -> None:
             assert line["hidden"] == ("boundary" not in line["kinds"] and bool(line["kinds"])), line
     assert any(not line["hidden"] and "boundary" in line["kinds"] for s in shown for line in s["lines"])
     assert d.first_rows == ["Fed-MedLoRA", "zero-shot"]  # NER strict F1, sorted high to low after two clicks
+
+
+def test_notes_html_draws_one_mark_per_span() -> None:
+    rec = _record()
+    f = NOTE.index("fever")
+    rec["entities"].append({"id": "n1:0:P3", "type": "test", "start": f, "end": f + 5, "text": "fever"})
+    rec["modifiers"].append(
+        {
+            "type": "dosage",
+            "start": rec["modifiers"][0]["start"],
+            "end": rec["modifiers"][0]["end"],
+            "text": "81 mg",
+            "head": "n1:0:P2",
+        }
+    )
+    html = notes_html([("n1", NOTE)], [rec])
+    marks = Page(html).marks
+    assert "found: dosage 1 · drug 1 · problem 1 · strength 1 · test 1" in html  # every prediction counted
+    assert [(m["text"], m["tag"], m["class"]) for m in marks] == [
+        ("fever", "problem · test", "ent t-problem k-pred"),
+        ("aspirin", "drug", "ent t-drug k-pred"),
+        ("81 mg", "strength → aspirin · dosage → aspirin", "ent t-strength k-pred mod"),
+    ]
