@@ -461,11 +461,12 @@ DEPLOYMENT_NOTES = """Reading the deployment tables:
   26–28 s per round with the tiny model against 2.1 s in simulation. Now: 3.5 s per site and round for a fresh
   ClientApp (most of the earlier 8 s "model load" was transformers' lazy imports on a loaded machine), 0.27 s
   with the resident worker. That is 13× less, and below the 2.5 s target.
-- The whole round is still not within 1.5× of the simulation. The resident worker takes a SmolLM2 round from
-  132 s to 105 s against 47 s in simulation (2.24×). For the tiny model the fixed cost is 7.7 s per round
-  against 14.0 s with fresh ClientApps. The worker logs and the SuperLink's timestamps of one SmolLM2 round
-  (round 1 of a 2-round run, 4 sites, `--keep`; it includes the one-time FAB install and model load) show
-  where the time goes:
+- The whole round: with packed adapters (below) and resident workers, a SmolLM2 round of 4 sites takes 75.3 s on
+  the Deployment Engine against 67.1 s in simulation (1.12×, the table above: 2026-12-04, 2-core AMD EPYC, one
+  run, sites at 1 torch thread each, simulation at 2). Before packing it was 105 s against 47 s (2.24×, Intel
+  Xeon, 2026-12-02; fresh ClientApps 132 s, 2.82×; not re-measured here). The timestamps of one of those
+  unpacked rounds (round 1 of a 2-round run, 4 sites, `--keep`; including the one-time FAB install and model
+  load) showed where the time went:
   - the handlers start 14–20 s after the round begins;
   - they run 46–52 s in parallel, on 1 thread each on 2 cores (the simulation's sites run one after another,
     at about 10 s each on 2 threads);
@@ -478,10 +479,9 @@ DEPLOYMENT_NOTES = """Reading the deployment tables:
   was 482 objects per message. Since 09336f5 the adapter travels packed (one JSON index `Array` + one byte
   `Array`, 6 objects per message; `fedmedlora.federation.messages`). With the 240 tensors of SmolLM2's adapter on
   a tiny 30-layer model, 3 resident sites, a round went from 73 s to 8.5 s (8.6×, in-memory SuperLink), and the
-  unpacked run against the SQLite SuperLink failed twice with HTTP 500 while the packed one finished. The SmolLM2
-  table above was measured before packing, on another machine (Intel Xeon); it is not re-measured yet.
-- 10 SuperNodes now finish every round against the SQLite SuperLink (`--database`), fresh and resident (the
-  scale table; measured on a 2-core AMD EPYC while a SmolLM2 study ran beside it, so every process was at 1
+  unpacked run against the SQLite SuperLink failed twice with HTTP 500 while the packed one finished.
+- 10 SuperNodes now finish every round against the SQLite SuperLink (`--database`), fresh and resident, in 4
+  runs of 3 rounds (the scale table; measured on a 2-core AMD EPYC while a SmolLM2 study ran beside it, so every process was at 1
   torch thread: a 2-thread simulation under that load ran 60× slower from OpenMP oversubscription). With the tiny
   model the deployment's cost is Flower's fixed per-round cost (polling, process start), not work: 7 s per round
   for 3 resident sites and 15 s for 10, against well under a second of computation.
