@@ -481,8 +481,9 @@ DEPLOYMENT_NOTES = """Reading the deployment tables:
   a tiny 30-layer model, 3 resident sites, a round went from 73 s to 8.5 s (8.6×, in-memory SuperLink), and the
   unpacked run against the SQLite SuperLink failed twice with HTTP 500 while the packed one finished.
 - 10 SuperNodes now finish every round against the SQLite SuperLink (`--database`), fresh and resident, in 4
-  runs of 3 rounds (the scale table; measured on a 2-core AMD EPYC while a SmolLM2 study ran beside it, so every process was at 1
-  torch thread: a 2-thread simulation under that load ran 60× slower from OpenMP oversubscription). With the tiny
+  runs of 3 rounds (the scale table; measured on a 2-core AMD EPYC while a SmolLM2 study ran beside it, so
+  every process was at 1 torch thread: a 2-thread simulation under that load ran 60× slower from OpenMP
+  oversubscription). With the tiny
   model the deployment's cost is Flower's fixed per-round cost (polling, process start), not work: 7 s per round
   for 3 resident sites and 15 s for 10, against well under a second of computation.
   Before packing, one of ten simultaneous reply pushes was answered with HTTP 500 "database is locked" (Flower's
