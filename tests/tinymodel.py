@@ -138,6 +138,11 @@ def build_tiny_world(root: Path, sites: list[str], train_docs: list[int], layers
     return root
 
 
+def tiny_model_overrides(model: Path) -> list[str]:
+    """The config overrides that run fedmedlora on a saved tiny model: CPU, float32, a rank-2 LoRA."""
+    return [f"model.name={model}", "model.device=cpu", "model.dtype=float32", "lora.r=2", "lora.alpha=4"]
+
+
 def tiny_world_config(world: Path, name: str, *overrides: str):
     """The RunConfig the federation tests share: the tiny model of ``build_tiny_world``, 2 local steps, NER only.
 
@@ -147,11 +152,7 @@ def tiny_world_config(world: Path, name: str, *overrides: str):
     return load_config(
         overrides=[
             f"name={name}",
-            f"model.name={world / 'model'}",
-            "model.dtype=float32",
-            "model.device=cpu",
-            "lora.r=2",
-            "lora.alpha=4",
+            *tiny_model_overrides(world / "model"),
             "train.max_steps=2",
             "train.batch_size=2",
             "train.max_length=128",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymodel import save_tiny_model
+from tinymodel import save_tiny_model, tiny_model_overrides
 
 FEDMEDLORA = [sys.executable, "-c", "from fedmedlora.cli import main; main()"]
 #: The one-time GGUF conversion, weight loading and per-generation bars (tqdm), and known deprecations.
@@ -36,7 +36,7 @@ def model(tmp_path_factory) -> Path:
 
 
 def _tiny(model: Path, *extra: str) -> list[str]:
-    sets = [f"model.name={model}", "model.device=cpu", "model.dtype=float32", "lora.r=2", "lora.alpha=4", *extra]
+    sets = [*tiny_model_overrides(model), *extra]
     return [arg for s in sets for arg in ("-s", s)]
 
 
@@ -158,11 +158,7 @@ def test_an_interrupted_or_failed_study_and_its_row_say_so(model, tmp_path, monk
     monkeypatch.setattr(Session, "train", stop)
     cfg = load_config(
         overrides=[
-            f"model.name={model}",
-            "model.device=cpu",
-            "model.dtype=float32",
-            "lora.r=2",
-            "lora.alpha=4",
+            *tiny_model_overrides(model),
             "train.max_steps=1",
             "eval.max_sentences=1",
             "eval.max_new_tokens=4",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymodel import save_tiny_model
+from tinymodel import save_tiny_model, tiny_model_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,7 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
         "OMP_NUM_THREADS": "1",
     }
     tiny = [
-        f"model.name={model}",
-        "model.device=cpu",
-        "model.dtype=float32",
-        "lora.r=2",
-        "lora.alpha=4",
+        *tiny_model_overrides(model),
         "train.max_steps=1",
         "train.batch_size=2",
         "train.max_length=768",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymodel import save_tiny_model
+from tinymodel import save_tiny_model, tiny_model_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +23,7 @@ def _tiny_study_config(model: Path, *overrides: str):
 
     return load_config(
         overrides=[
-            f"model.name={model}",
-            "model.device=cpu",
-            "model.dtype=float32",
-            "lora.r=2",
-            "lora.alpha=4",
+            *tiny_model_overrides(model),
             "train.max_steps=1",
             "train.batch_size=2",
             "data.max_train_examples=4",
