@@ -46,7 +46,7 @@ from fedmedlora.prompts import Prompt
 from fedmedlora.reports import COLUMNS, plot_rounds
 from fedmedlora.runs import CONFIG_FILE, ROUNDS_FILE, RUN_FILE, STUDY_JSON, STUDY_ROW_FILE, eval_file
 from fedmedlora.sampling import eval_items
-from fedmedlora.schema import ENTITY_TYPES, MODIFIER_TYPES, Sentence
+from fedmedlora.schema import ENTITY_TYPES, MODIFIER_TYPES, Entity, Modifier, Sentence
 from fedmedlora.span_errors import KIND_LABELS, KINDS, Outcome, classify_sentence
 
 REPORT_FILE = "report.html"
@@ -497,9 +497,56 @@ def replay(row: Row, bench: Benchmark, site: str) -> tuple[list[tuple[Sentence, 
     return items, preds, raw_ner
 
 
-def error_browser(rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed: int = 0) -> dict[str, Any]:
+#: Where a study keeps its encoder-baseline runs (``fedmedlora.recipes.study``: ``<study>/encoder/<setting>/``).
+ENCODER_DIR = "encoder"
+
+
+def encoder_prediction_file(encoder_dir: Path, row_name: str, site: str, split: str) -> Path | None:
+    """The predictions an encoder row wrote for ``site`` (``fedmedlora.encoder.run.write_predictions``:
+    ``<setting>/predictions/<tag>/<site>.<split>.jsonl``), or ``None`` when ``row_name`` is not an encoder row."""
+    single = re.fullmatch(r"encoder single-site \((.+)\)", row_name)
+    if single:
+        setting, tag = "single_site", f"single_site-{single.group(1)}"
+    elif row_name.startswith("encoder "):
+        setting = tag = row_name.removeprefix("encoder ").replace("-", "_")
+    else:
+        return None
+    return encoder_dir / setting / "predictions" / tag / f"{site}.{split}.jsonl"
+
+
+def read_encoder_predictions(path: Path, gold: Mapping[str, Sentence]) -> dict[str, Sentence]:
+    """The predicted sentences of an encoder prediction file that are among ``gold`` (by sentence id).
+
+    Raises:
+        ReportError: naming ``file:line`` for a line that is not a prediction record.
+    """
+    out: dict[str, Sentence] = {}
+    for i, rec in iter_json_lines(path, ReportError):
+        try:
+            sent = gold.get(rec["sentence_id"]) if isinstance(rec, dict) else None
+            if sent is None:
+                continue
+            ents = tuple(
+                Entity(str(e["id"]), str(e["type"]), int(e["start"]), int(e["end"]), str(e["text"]))
+                for e in rec.get("entities", [])
+            )
+            mods = tuple(
+                Modifier(str(m["id"]), str(m["type"]), int(m["start"]), int(m["end"]), str(m["text"]), str(m["head"]))
+                for m in rec.get("modifiers", [])
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ReportError(f"{path}:{i}: not an encoder prediction record ({type(e).__name__}: {e})") from None
+        out[sent.id] = Sentence(sent.id, sent.start, sent.end, sent.text, ents, mods)
+    return out
+
+
+def error_browser(
+    rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed: int = 0, encoder_dir: Path | None = None
+) -> dict[str, Any]:
     """A sample of ``per_site`` test sentences of each site (those with a gold or a predicted span), each with
-    its gold spans and one line per model (predictions framed by error kind, misses drawn dashed)."""
+    its gold spans and one line per model (predictions framed by error kind, misses drawn dashed). The encoder
+    rows (no run folder) are read from their prediction files under ``encoder_dir`` where they cover the same
+    sentences."""
     notes: list[str] = []
     benches: dict[str, Benchmark] = {}
     gold: dict[str, dict[str, Sentence]] = {}  # site -> sentence id -> gold sentence
@@ -528,6 +575,28 @@ def error_browser(rows: Sequence[Row], per_site: int = SENTENCES_PER_SITE, seed:
                 gold.setdefault(site, {})[sent.id] = sent
                 preds.setdefault(site, {}).setdefault(sent.id, {})[row.name] = p
                 raw[(site, sent.id, row.name)] = raw_ner.get(sent.text)
+    if encoder_dir is not None and encoder_dir.is_dir():
+        split = next((r.cfg.eval.split for r in rows if r.cfg is not None), "test")
+        for row in rows:
+            if row.path is not None:
+                continue
+            for site, by_id in gold.items():
+                path = encoder_prediction_file(encoder_dir, row.name, site, split)
+                if path is None:
+                    break
+                if not path.is_file():
+                    notes.append(f"{row.name} on {site}: no predictions ({path})")
+                    continue
+                try:
+                    predicted_by_id = read_encoder_predictions(path, by_id)
+                except ReportError as e:
+                    notes.append(str(e))
+                    continue
+                if predicted_by_id and row.name not in models:
+                    models.append(row.name)
+                for sid, p in predicted_by_id.items():
+                    preds[site][sid][row.name] = p
+                    raw[(site, sid, row.name)] = None
     sentences = []
     totals: Counter[str] = Counter()
     for site, by_id in gold.items():
@@ -617,7 +686,12 @@ def build_report(study_dir: str | Path, *, per_site: int = SENTENCES_PER_SITE) -
         "per_site": site_table(rows),
         "parse": parse_table(rows),
         "curves": curves(rows, study_dir / "plots"),
-        "browser": error_browser(rows, per_site=per_site, seed=int(summary.get("bootstrap", {}).get("seed") or 0)),
+        "browser": error_browser(
+            rows,
+            per_site=per_site,
+            seed=int(summary.get("bootstrap", {}).get("seed") or 0),
+            encoder_dir=study_dir / ENCODER_DIR,
+        ),
         "runs": run_table(rows),
         "no_folder": [r.name for r in rows if r.path is None],
         "config": cfg_text,

@@ -406,3 +406,55 @@ def test_notes_html_draws_one_mark_per_span() -> None:
         ("aspirin", "drug", "ent t-drug k-pred"),
         ("81 mg", "strength → aspirin · dosage → aspirin", "ent t-strength k-pred mod"),
     ]
+
+
+def test_encoder_rows_are_in_the_error_browser_from_their_saved_predictions(tmp_path: Path) -> None:
+    """An encoder row has no run folder; its saved predictions (``<study>/encoder/<setting>/predictions/``) on the
+    same sentences are drawn like an LLM row's. A perfect encoder shows exact matches only; a broken prediction
+    file is named in a note instead of failing the report."""
+    from fedmedlora.benchmark import open_benchmark
+    from fedmedlora.config import load_config
+    from fedmedlora.html_report import build_report
+    from fedmedlora.sampling import eval_items
+
+    study = make_study(tmp_path / "study")
+    summary = json.loads((study / "study.json").read_text())
+    summary["rows"] += [{**r, "model": "encoder centralized"} for r in summary["rows"] if r["model"] == "zero-shot"]
+    summary["rows"] += [
+        {**r, "model": "encoder single-site (chia)"} for r in summary["rows"] if r["model"] == "zero-shot"
+    ]
+    (study / "study.json").write_text(json.dumps(summary))
+    cfg = load_config(study / "config.yaml")
+    bench = open_benchmark(cfg.data.benchmark)
+    for site in SITES:
+        path = study / "encoder" / "centralized" / "predictions" / "centralized" / f"{site}.test.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for sent, _ in eval_items(bench, site, cfg)[1]:  # a perfect encoder: its predictions are the gold spans
+            ents = [{"id": e.id, "type": e.type, "start": e.start, "end": e.end, "text": e.text} for e in sent.entities]
+            mods = [
+                {"id": m.id, "type": m.type, "start": m.start, "end": m.end, "text": m.text, "head": m.head}
+                for m in sent.modifiers
+            ]
+            lines.append(json.dumps({"sentence_id": sent.id, "entities": ents, "modifiers": mods}))
+        path.write_text("\n".join(lines) + "\n")
+    broken = study / "encoder" / "single_site" / "predictions" / "single_site-chia" / "chia.test.jsonl"
+    broken.parent.mkdir(parents=True)
+    first = eval_items(bench, "chia", cfg)[1][0][0].id
+    broken.write_text(
+        '{"sentence_id": "x", "entities": [{"id": "T1"}]}\n'
+        + json.dumps({"sentence_id": first, "entities": [{"id": "T1"}]})
+        + "\n"
+    )
+
+    html = build_report(study)
+    assert 'class="f-model" value="encoder centralized"' in html
+    start = '<div class="row pred" data-model="encoder centralized"'
+    segments = [part.split('<div class="row', 1)[0] for part in html.split(start)[1:]]
+    assert segments  # one line per shown sentence
+    encoder_marks = [m for seg in segments for m in Page(seg).marks]
+    assert encoder_marks and all("k-match" in m["class"].split() for m in encoder_marks), encoder_marks[:3]
+    # a sentence the study did not score is skipped (line 1); a malformed record of one it did is named (line 2)
+    assert "chia.test.jsonl:1:" not in html
+    assert "single_site-chia/chia.test.jsonl:2: not an encoder prediction record (KeyError" in html
+    assert "encoder single-site (chia) on phee: no predictions" in html

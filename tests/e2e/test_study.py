@@ -143,13 +143,13 @@ def test_comparison_table_and_plots(study_dir: Path) -> None:
 
 
 def test_the_study_writes_its_report(study_dir: Path) -> None:
-    """report.html: every row in the comparison, the curves inline, and every LLM row in the error browser."""
+    """report.html: every row in the comparison, the curves inline, and every model row in the error browser."""
     html = (study_dir / "report.html").read_text(encoding="utf-8")
     llm_rows = ["zero-shot", "single-site (chia)", "centralized", "Fed-MedLoRA", "Fed-MedLoRA+"]
     llm_rows += ["Fed-MedLoRA → adapted to maccrobat", "maccrobat only (from base)"]
     for row in [*llm_rows, "encoder centralized"]:
         assert f"<tr><td>{row}</td>" in html, row
-    for row in llm_rows:
+    for row in [*llm_rows, "encoder centralized", "encoder federated-lora"]:  # encoder rows: saved predictions
         assert f'class="f-model" value="{row}"' in html, row
     assert 'class="sent" data-site="maccrobat"' in html and "<mark class=" in html
     assert html.count('src="data:image/png;base64,') >= 4
