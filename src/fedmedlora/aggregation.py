@@ -122,7 +122,13 @@ class AggregationSettings:
     @property
     def uses_loss(self) -> bool:
         """Whether the rule needs a validation loss per site."""
-        return self.rule == "fedmedlora+" or (self.rule == "rolora" and self.loss_weighted)
+        return weighs_by_loss(self.rule, self.loss_weighted)
+
+
+def weighs_by_loss(rule: str, rolora_loss_weights: bool = False) -> bool:
+    """Whether ``rule`` weights the sites by their adapters' validation loss (Fed-MedLoRA+'s weights): always for
+    ``fedmedlora+``, for ``rolora`` when ``rolora_loss_weights`` (``federation.rolora_weights=loss``)."""
+    return rule == "fedmedlora+" or (rule == "rolora" and rolora_loss_weights)
 
 
 # ---- key selection -------------------------------------------------------------------------------------------

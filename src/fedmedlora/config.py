@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedmedlora.aggregation import LOSS_SOURCES, RULES, SIZE_KEYS, TEMPERATURE_RULES
+from fedmedlora.aggregation import LOSS_SOURCES, RULES, SIZE_KEYS, TEMPERATURE_RULES, weighs_by_loss
 from fedmedlora.compression import METHODS
 from fedmedlora.privacy import CLIENT_DP_WEIGHTS, UNITS
 
@@ -308,7 +308,7 @@ class RunConfig(_Section):
         if self.train.dp.enabled and self.train.autocast != "none":
             raise ValueError("train.dp: DP-SGD runs in fp32 (set train.autocast=none)")
         f = self.federation
-        loss_weighted = f.strategy == "fedmedlora+" or (f.strategy == "rolora" and f.rolora_weights == "loss")
+        loss_weighted = weighs_by_loss(f.strategy, f.rolora_weights == "loss")
         if f.secure_aggregation:
             if loss_weighted and f.plus_loss_source == "server":
                 raise ValueError(

@@ -316,10 +316,11 @@ def fed_run(
             result = run_federation(cfg, out, resume=resume)
             scores = None
             if evaluate_after:
-                with RunDir(out).recording_end():  # interrupted while scoring: run.json says so
+                run = RunDir(out)
+                with run.recording_end():  # interrupted while scoring: run.json says so
                     bench = open_benchmark(cfg.data.benchmark)
                     scores = evaluate_arrays(get_session(cfg), result.arrays, bench, list(bench.sites), cfg)
-                    write_eval(RunDir(out), "test", scores)
+                    write_eval(run, "test", scores)
             progress.row_finished(label, progress.headline_f1(scores or {}), time.perf_counter() - t0)
     except (*user_errors(), ResumeError, FederationError) as e:
         raise fail(str(e)) from None

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedmedlora.aggregation import is_lora_A, is_lora_B, rolora_factor, shared_keys
+from fedmedlora.aggregation import is_lora_A, is_lora_B, rolora_factor, shared_keys, weighs_by_loss
 from fedmedlora.compression import Transport
 from fedmedlora.config import RunConfig
 from fedmedlora.federation.messages import (
@@ -212,8 +212,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics[DP_EPSILON] = float(result.privacy.epsilon)
     else:
         metrics[TRAIN_LOSS] = float(result.train_loss)
-    loss_weighted = rule == "fedmedlora+" or (rule == "rolora" and cfg.federation.rolora_weights == "loss")
-    if loss_weighted and cfg.federation.plus_loss_source == "site":
+    if weighs_by_loss(rule, cfg.federation.rolora_weights == "loss") and cfg.federation.plus_loss_source == "site":
         dev = cached_site_examples(cfg, data_dir, site, "dev")
         metrics[SITE_VAL_LOSS] = float(validation_loss(session.model, session.tokenizer, dev, settings, arrays))
     log.info("site %s round %d: %d examples, loss %.4f", site, rnd, result.num_examples, result.train_loss)
