@@ -36,28 +36,10 @@ def test_rolora_refuses_carried_optimizer_state_and_composes_with_privacy() -> N
 
 
 def test_loss_weighted_rolora_refuses_client_dp_and_server_losses_under_secagg() -> None:
+    loss_rolora = ["federation.strategy=rolora", "federation.rolora_weights=loss"]
     with pytest.raises(ConfigError, match=r"rolora weighted by loss"):
-        load_config(
-            overrides=[
-                "federation.strategy=rolora",
-                "federation.rolora_weights=loss",
-                "federation.dp.noise_multiplier=1",
-            ]
-        )
+        load_config(overrides=[*loss_rolora, "federation.dp.noise_multiplier=1"])
     with pytest.raises(ConfigError, match=r"plus_loss_source=site"):
-        load_config(
-            overrides=[
-                "federation.strategy=rolora",
-                "federation.rolora_weights=loss",
-                "federation.secure_aggregation=true",
-            ]
-        )
-    ok = load_config(
-        overrides=[
-            "federation.strategy=rolora",
-            "federation.rolora_weights=loss",
-            "federation.plus_loss_source=site",
-            "federation.secure_aggregation=true",
-        ]
-    )
+        load_config(overrides=[*loss_rolora, "federation.secure_aggregation=true"])
+    ok = load_config(overrides=[*loss_rolora, "federation.plus_loss_source=site", "federation.secure_aggregation=true"])
     assert ok.federation.rolora_weights == "loss"

@@ -191,46 +191,19 @@ def test_cli_data_split_and_check(tmp_path: Path) -> None:
     from fedmedlora.cli import app
 
     runner = CliRunner()
+
+    def split(out: Path, *options: str):
+        return runner.invoke(app, ["data", "split", str(default_benchmark_dir()), *options, "--out", str(out)])
+
     out = tmp_path / "cli"
-    res = runner.invoke(
-        app,
-        [
-            "data",
-            "split",
-            str(default_benchmark_dir()),
-            "--sites",
-            "3",
-            "--alpha",
-            "0.2",
-            "--seed",
-            "5",
-            "--out",
-            str(out),
-        ],
-    )
+    res = split(out, "--sites", "3", "--alpha", "0.2", "--seed", "5")
     assert res.exit_code == 0, res.output
     assert "site03:" in res.output and "every check passed" in res.output
     res = runner.invoke(app, ["data", "check", str(out)])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(
-        app,
-        ["data", "split", str(default_benchmark_dir()), "--sites", "3", "--alpha", "-1", "--out", str(tmp_path / "y")],
-    )
+    res = split(tmp_path / "y", "--sites", "3", "--alpha", "-1")
     assert res.exit_code != 0 and "alpha=-1.0 must be > 0" in res.output
-    res = runner.invoke(
-        app,
-        [
-            "data",
-            "split",
-            str(default_benchmark_dir()),
-            "--sites",
-            "2",
-            "--proportions",
-            "1,x",
-            "--out",
-            str(tmp_path / "z"),
-        ],
-    )
+    res = split(tmp_path / "z", "--sites", "2", "--proportions", "1,x")
     assert res.exit_code != 0 and "--proportions" in res.output
 
 
