@@ -204,16 +204,12 @@ def describe(content: RecordDict) -> dict[str, Any]:
     """
     tensors = []
     for rname, rec in content.array_records.items():
-        if is_packed(rec):
-            for key, value in from_record(rec, f"record {rname!r}").items():
+        if is_packed(rec):  # the index says it all: no tensor is decoded just to be described
+            index, _ = _read_index(rec, f"record {rname!r}")
+            for e in index:
+                raw = math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize
                 tensors.append(
-                    {
-                        "record": rname,
-                        "name": key,
-                        "shape": list(value.shape),
-                        "dtype": str(value.dtype),
-                        "bytes": int(value.nbytes),
-                    }
+                    {"record": rname, "name": e["name"], "shape": e["shape"], "dtype": e["dtype"], "bytes": raw}
                 )
             continue
         for key, arr in rec.items():
