@@ -398,3 +398,46 @@ def row_intervals(
             if ci:
                 out.setdefault(model, {})[group] = flat_intervals(ci)
     return out
+
+
+def compare_evaluations(
+    results_a: Mapping[str, Mapping[str, Any]],
+    results_b: Mapping[str, Mapping[str, Any]],
+    sites: Sequence[str] | None = None,
+    *,
+    label_a: str = "A",
+    label_b: str = "B",
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> list[dict[str, Any]]:
+    """Two evaluations (``eval/<name>.json``) compared on the same documents: each site on its own, then all of
+    them pooled (stratified by site, when there is more than one). ``compare_models`` rows with ``comparison``
+    (``"<label_a> vs <label_b>"``), ``a``, ``b``, ``sites`` and ``kind`` added, as in a study's paired table.
+
+    ``sites``: the sites to compare (default: every site both evaluations scored, in A's order).
+
+    Raises:
+        ValueError: no site in common, or a requested site missing from either evaluation (named).
+    """
+    scored_a = [s for s in results_a if s != OVERALL]
+    if sites is None:
+        sites = [s for s in scored_a if s in results_b]
+        if not sites:
+            raise ValueError(
+                f"the two evaluations have no site in common ({label_a}: {scored_a}; "
+                f"{label_b}: {[s for s in results_b if s != OVERALL]})"
+            )
+    for s in sites:
+        for label, results in ((label_a, results_a), (label_b, results_b)):
+            if s not in results or s == OVERALL:
+                raise ValueError(f"site {s!r}: not in the evaluation of {label}")
+    groups = [[s] for s in sites] + ([list(sites)] if len(sites) > 1 else [])
+    name = f"{label_a} vs {label_b}"
+    rows: list[dict[str, Any]] = []
+    for group in groups:
+        kind = f"{name}, each site" if len(group) == 1 else f"{name}, sites pooled"
+        spec = {"kind": kind, "comparison": name, "a": label_a, "b": label_b, "sites": group}
+        for r in compare_models(results_a, results_b, group, n_resamples=n_resamples, seed=seed, level=level):
+            rows.append({**spec, **r})
+    return rows

@@ -416,6 +416,65 @@ def study(
 
 
 @app.command()
+def compare(
+    a: Path = typer.Argument(..., help="Model A: a run folder (its eval/<split>.json) or an evaluation JSON file."),
+    b: Path = typer.Argument(..., help="Model B, scored on the same documents."),
+    site: list[str] = typer.Option(None, "--site", help="Sites to compare (default: every site both scored)."),
+    split: str = typer.Option("test", "--split", help="Which evaluation of a run folder: eval/<split>.json."),
+    resamples: int = typer.Option(1000, "--resamples", min=1, help="Paired bootstrap resamples of documents."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the resamples."),
+    label_a: str = typer.Option(None, "--label-a", help="Name of A in the table (default: its folder name)."),
+    label_b: str = typer.Option(None, "--label-b", help="Name of B in the table (default: its folder name)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the rows: .json, .csv or .md."),
+) -> None:
+    """Paired bootstrap of the F1 difference A − B on the same documents, per site and pooled (strict/lenient NER
+    and RE); a win or loss only when the 95% interval excludes 0."""
+    import json
+
+    from fedmedlora.intervals import compare_evaluations
+    from fedmedlora.reports import paired_csv, paired_markdown
+
+    def load(path: Path) -> tuple[dict[str, Any], str]:
+        file = path / eval_file(split) if path.is_dir() else path
+        if not file.is_file():
+            raise fail(f"{file}: no such evaluation (score the model with `fedmedlora evaluate` first)")
+        try:
+            results = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise fail(f"{file}: not a readable evaluation JSON ({e})") from None
+        if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+            raise fail(f"{file}: not an evaluation ({{site: results}} expected)")
+        name = path.name if path.is_dir() else (path.parent.parent.name or path.stem)
+        return results, name
+
+    results_a, name_a = load(a)
+    results_b, name_b = load(b)
+    try:
+        rows = compare_evaluations(
+            results_a, results_b, site or None, label_a=label_a or name_a, label_b=label_b or name_b,
+            n_resamples=resamples, seed=seed,
+        )  # fmt: skip
+    except ValueError as e:
+        raise fail(str(e)) from None
+    notes = sorted({r["note"] for r in rows if r.get("note")})
+    for note in notes:
+        typer.secho(f"warning: no interval for some rows: {note}", err=True, fg="yellow")
+    md = paired_markdown(rows, title="Paired comparison on the same documents: F1 difference")
+    typer.echo(md)
+    if out is not None:
+        kinds = {
+            ".json": lambda: json.dumps(rows, indent=2) + "\n",
+            ".csv": lambda: paired_csv(rows),
+            ".md": lambda: md,
+        }
+        if out.suffix not in kinds:
+            raise fail(f"--out {out}: use a .json, .csv or .md file")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(kinds[out.suffix](), encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
 def report(
     study_dir: Path = typer.Argument(..., help="A finished study folder (holds study.json)."),
     out: Path = typer.Option(None, "--out", "-o", help="HTML file to write (default: <study-dir>/report.html)."),
