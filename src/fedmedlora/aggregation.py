@@ -21,7 +21,9 @@ Rules
                  (``T = temperature × std(L)``) or ``"range"`` (``T = temperature × (max L − min L)``); with a
                  data-chosen ``T`` the weights do not change when every loss is shifted or scaled, the best site
                  gets ``exp(1 / temperature)`` times the worst site's weight under ``"range"``, and identical
-                 losses give uniform weights (``data_temperature``).
+                 losses give uniform weights (``data_temperature``). ``temperature_floor`` keeps a data-chosen
+                 ``T`` from falling below a loss difference that is noise (scale-invariant rules otherwise turn
+                 losses 0.0007 apart into weights 0.68 / 0.23 / 0.09).
 ``fedsa``        FedSA-LoRA (Guo et al., ICLR 2025): only ``lora_A`` tensors are shared and averaged (size
                  weights); each site keeps its own ``lora_B``.
 ``ffa``          FFA-LoRA (Sun et al., ICLR 2024): ``lora_A`` stays frozen at the shared random initialisation;
@@ -78,6 +80,8 @@ class AggregationSettings:
         temperature: ``T`` of ``softmax(−L / T)`` for ``fedmedlora+``; ``math.inf`` gives uniform weights. Under a
             data-chosen ``temperature_rule`` it is the constant that multiplies the losses' spread.
         temperature_rule: ``"fixed"``, ``"std"`` or ``"range"`` (see ``data_temperature``).
+        temperature_floor: the smallest data-chosen ``T`` (in loss units, nats; 0 = none): losses closer than
+            about this are treated as equal. Not used by ``"fixed"``.
         loss_source: ``"server"`` (loss of each site's adapter on the coordinator-held labelled validation
             set; paper-faithful) or ``"site"`` (each site reports the loss of its adapter on its own dev split;
             no labelled data at the server). Only read by ``fedmedlora+``.
@@ -92,6 +96,7 @@ class AggregationSettings:
     size_key: str = "tokens"
     temperature: float = 1.0
     temperature_rule: str = "fixed"
+    temperature_floor: float = 0.0
     loss_source: str = "server"
     combine_with_size: bool = False
     robust: str = "none"
@@ -116,6 +121,8 @@ class AggregationSettings:
             errors.append(f"loss_source={self.loss_source!r} is not one of {LOSS_SOURCES}")
         if not (isinstance(self.temperature, int | float) and self.temperature > 0) or math.isnan(self.temperature):
             errors.append(f"temperature={self.temperature!r} must be a number > 0 (math.inf for uniform)")
+        if not (isinstance(self.temperature_floor, int | float) and 0 <= self.temperature_floor < math.inf):
+            errors.append(f"temperature_floor={self.temperature_floor!r} must be a finite number >= 0")
         if errors:
             raise AggregationError("invalid aggregation settings: " + "; ".join(errors))
 
@@ -250,7 +257,9 @@ def loss_weights(losses: Sequence[float], temperature: float = 1.0, sites: Seque
     return normalize_weights(np.exp(logits), sites)
 
 
-def data_temperature(losses: Sequence[float], rule: str = "fixed", temperature: float = 1.0) -> float:
+def data_temperature(
+    losses: Sequence[float], rule: str = "fixed", temperature: float = 1.0, floor: float = 0.0
+) -> float:
     """The temperature ``T`` of Fed-MedLoRA+'s ``softmax(−L / T)`` under a ``temperature_rule``.
 
     ``"fixed"``: ``T = temperature`` (the paper's ``T = 1``). ``"std"``: ``T = temperature × std(L)`` (population
@@ -259,13 +268,18 @@ def data_temperature(losses: Sequence[float], rule: str = "fixed", temperature: 
     weights invariant to shifting or scaling every loss (a fixed ``T = 1`` gives near-uniform weights when the losses
     differ by 0.16); when the losses do not differ at all it is ``math.inf`` (uniform weights).
 
+    That invariance also amplifies noise: losses 0.0007 apart get the same weights as losses 0.7 apart. ``floor``
+    (nats, data-chosen rules only) is the smallest ``T``: differences well below it barely move the weights.
+
     Raises:
-        AggregationError: an unknown rule, a temperature ≤ 0, or a loss that is not finite.
+        AggregationError: an unknown rule, a temperature ≤ 0, a negative floor, or a loss that is not finite.
     """
     if rule not in TEMPERATURE_RULES:
         raise AggregationError(f"temperature_rule={rule!r} is not one of {TEMPERATURE_RULES}")
     if not (temperature > 0) or math.isnan(temperature):
         raise AggregationError(f"temperature must be > 0, got {temperature!r}")
+    if not 0 <= floor < math.inf:
+        raise AggregationError(f"temperature floor must be a finite number >= 0, got {floor!r}")
     vec = _as_vector(losses, "losses", None)
     if rule == "fixed":
         return float(temperature)
@@ -274,7 +288,7 @@ def data_temperature(losses: Sequence[float], rule: str = "fixed", temperature: 
         return math.inf
     if rule == "std":
         spread = float(vec.std())
-    return float(temperature) * spread
+    return max(float(temperature) * spread, float(floor))
 
 
 def normalized_entropy(weights: Sequence[float]) -> float:
@@ -295,6 +309,7 @@ def aggregation_weights(
     *,
     combine_with_size: bool = False,
     temperature_rule: str = "fixed",
+    temperature_floor: float = 0.0,
     sites: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Normalised per-site weights for a rule.
@@ -307,6 +322,7 @@ def aggregation_weights(
         temperature: ``T`` for ``fedmedlora+`` (the multiplier of the losses' spread under ``temperature_rule``).
         combine_with_size: ``fedmedlora+``: ``w ∝ n_k · exp(−L_k / T)``.
         temperature_rule: ``fedmedlora+``: how ``T`` is chosen (``data_temperature``).
+        temperature_floor: ``fedmedlora+`` with a data-chosen ``T``: its smallest value (``data_temperature``).
         sites: Site names, only for error messages.
 
     Returns:
@@ -320,7 +336,7 @@ def aggregation_weights(
     if losses is None:
         raise AggregationError("rule 'fedmedlora+' needs one validation loss per site; got none")
     _as_vector(losses, "losses", sites)  # names the site before data_temperature looks at the values
-    lw = loss_weights(losses, data_temperature(losses, temperature_rule, temperature), sites)
+    lw = loss_weights(losses, data_temperature(losses, temperature_rule, temperature, temperature_floor), sites)
     if lw.size != size_vec.size:
         raise AggregationError(f"{lw.size} losses for {size_vec.size} sizes")
     if combine_with_size:
@@ -343,6 +359,7 @@ def weights_for(
         settings.temperature,
         combine_with_size=settings.combine_with_size,
         temperature_rule=settings.temperature_rule,
+        temperature_floor=settings.temperature_floor,
         sites=sites,
     )
 

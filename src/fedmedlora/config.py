@@ -169,6 +169,14 @@ class FederationConfig(_Section):
         "the round's losses) or 'range' (T = temperature x (max - min)): a data-chosen T separates sites whose "
         "losses differ by little, and identical losses give uniform weights.",
     )
+    temperature_floor: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Fed-MedLoRA+ under temperature_rule=std|range: the smallest T (nats). Without it losses 0.0007 "
+        "apart are weighted as sharply as losses 0.7 apart; with it, differences well below the floor barely move "
+        "the weights (0 = no floor).",
+    )
     combine_with_size: bool = False
     rolora_weights: Literal["size", "loss"] = Field(
         "size",

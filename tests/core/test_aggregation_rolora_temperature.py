@@ -147,6 +147,30 @@ def test_data_temperature_combines_with_size_and_settings() -> None:
     assert data_temperature([1.0, 1.16], "range", 2.0) == pytest.approx(0.32)
 
 
+@pytest.mark.parametrize("rule", ["std", "range"])
+def test_a_temperature_floor_keeps_noise_from_separating_sites(rule: str) -> None:
+    noise = [1.2000, 1.2004, 1.2007]  # three adapters whose losses differ by noise only
+    unfloored = aggregation_weights("fedmedlora+", [1] * 3, noise, 0.5, temperature_rule=rule)
+    assert unfloored[0] / unfloored[2] > 2.5  # scale invariance: noise is weighted like a real difference
+    floored = aggregation_weights("fedmedlora+", [1] * 3, noise, 0.5, temperature_rule=rule, temperature_floor=0.05)
+    assert floored.max() - floored.min() < 0.005 and normalized_entropy(floored) > 0.9999
+    assert data_temperature(noise, rule, 0.5, 0.05) == 0.05
+    # a real difference is still separated: the floor only bounds T from below
+    real = [1.2, 1.5, 1.9]
+    np.testing.assert_allclose(
+        aggregation_weights("fedmedlora+", [1] * 3, real, 0.5, temperature_rule=rule, temperature_floor=0.05),
+        aggregation_weights("fedmedlora+", [1] * 3, real, 0.5, temperature_rule=rule),
+    )
+    # the paper's fixed T ignores it; identical losses stay uniform
+    assert data_temperature(noise, "fixed", 1.0, 0.05) == 1.0
+    np.testing.assert_allclose(
+        weights_for(
+            AggregationSettings("fedmedlora+", temperature_rule=rule, temperature_floor=0.05), [1, 2], [0.7, 0.7]
+        ),
+        [0.5, 0.5],
+    )
+
+
 def test_bad_temperature_rules_rejected() -> None:
     with pytest.raises(AggregationError, match="temperature_rule"):
         AggregationSettings(rule="fedmedlora+", temperature_rule="auto")
@@ -154,6 +178,10 @@ def test_bad_temperature_rules_rejected() -> None:
         data_temperature([1.0, 2.0], "median")
     with pytest.raises(AggregationError, match="temperature must be > 0"):
         data_temperature([1.0, 2.0], "range", 0.0)
+    with pytest.raises(AggregationError, match="floor"):
+        data_temperature([1.0, 2.0], "range", 1.0, -0.1)
+    with pytest.raises(AggregationError, match="temperature_floor"):
+        AggregationSettings(rule="fedmedlora+", temperature_floor=math.inf)
     with pytest.raises(AggregationError, match="site b"):
         aggregation_weights("fedmedlora+", [1, 1], [1.0, float("nan")], temperature_rule="range", sites=["a", "b"])
 

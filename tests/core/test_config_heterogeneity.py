@@ -22,6 +22,18 @@ def test_temperature_rule_is_checked() -> None:
         load_config(overrides=["federation.temperature_rule=auto"])
 
 
+def test_temperature_floor_is_checked_and_reaches_the_strategy() -> None:
+    pytest.importorskip("flwr")
+    from fedmedlora.federation.server_app import aggregation_settings
+
+    assert load_config().federation.temperature_floor == 0.0
+    het = load_config("heterogeneity")
+    assert het.federation.temperature_floor == 0.05 and aggregation_settings(het).temperature_floor == 0.05
+    for bad in ("-0.1", "inf", "nan"):
+        with pytest.raises(ConfigError, match=r"federation\.temperature_floor"):
+            load_config(overrides=[f"federation.temperature_floor={bad}"])
+
+
 def test_rolora_refuses_carried_optimizer_state_and_composes_with_privacy() -> None:
     with pytest.raises(ConfigError, match=r"rolora.*keep_optimizer_state"):
         load_config(overrides=["federation.strategy=rolora", "train.keep_optimizer_state=true"])

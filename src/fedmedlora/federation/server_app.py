@@ -75,6 +75,7 @@ def aggregation_settings(cfg: RunConfig) -> AggregationSettings:
         size_key=f.weight_by,
         temperature=f.temperature,
         temperature_rule=f.temperature_rule,
+        temperature_floor=f.temperature_floor,
         loss_source=f.plus_loss_source,
         combine_with_size=f.combine_with_size,
         robust=f.robust,

@@ -591,7 +591,8 @@ class _LossWeights(LoraStrategy):
         else:
             assert self.server_loss_fn is not None
             losses = [float(self.server_loss_fn(merge_into(self._global, r.arrays))) for r in replies]
-        self.last_temperature = data_temperature(losses, self.settings.temperature_rule, self.settings.temperature)
+        st = self.settings
+        self.last_temperature = data_temperature(losses, st.temperature_rule, st.temperature, st.temperature_floor)
         return weights_for(self.settings, sizes, losses, [r.site for r in replies]), losses
 
 
