@@ -2,7 +2,8 @@
 # Issue 17: the heterogeneity experiment. Re-partition the training sites of a benchmark into N sites (IID and
 # Dirichlet label skew; `fedmedlora data split`), then run every aggregation rule on each partition with the
 # `heterogeneity` preset (`fedmedlora study`), plus Fed-MedLoRA+ with the paper's fixed T = 1 for the temperature
-# comparison. Figures: not measured yet (docs/federation.md, "Heterogeneity").
+# comparison. Fed-MedLoRA+ (T = 1) against the data-chosen T is compared with `fedmedlora compare`
+# (study-<tag>-fixedT/compare.md). Results: docs/heterogeneity.md.
 #
 # Usage: scripts/heterogeneity.sh [extra study options, e.g. -s train.max_steps=2 -s eval.max_sentences=4]
 # Environment (defaults):
@@ -15,6 +16,10 @@
 #   SEED        partition seed          (13)
 #   CONFIG      study config / preset   (heterogeneity)
 #   FIXED_T     also run Fed-MedLoRA+ with temperature_rule=fixed, T=1 (1; 0 = no)
+#   TOTAL_STEPS local steps per round summed over the sites, split evenly (empty: the preset's train.max_steps
+#               at every site). Same total compute at every N: 30 gives 10 steps per site at N=3, 3 at N=10.
+#   SINGLE_SITE 1: a single-site row per new site too (N extra rows; the issue's baseline); 0: none (1)
+#   CENTRALIZED 1: the centralized row (the pooled upper bound; the same training data at every N) (1)
 # Finished partitions and runs are reused, so an interrupted experiment goes on where it stopped.
 set -euo pipefail
 FML="${FEDMEDLORA:-fedmedlora}"
@@ -25,11 +30,16 @@ METHODS="${METHODS:-fedmedlora fedmedlora+ fedsa ffa rolora}"
 SEED="${SEED:-13}"
 CONFIG="${CONFIG:-heterogeneity}"
 FIXED_T="${FIXED_T:-1}"
+TOTAL_STEPS="${TOTAL_STEPS:-}"
+SINGLE_SITE="${SINGLE_SITE:-1}"
+CENTRALIZED="${CENTRALIZED:-1}"
 SOURCE=()
 if [ -n "${BENCHMARK:-}" ]; then SOURCE=("$BENCHMARK"); fi
 METHOD_ARGS=()
 for m in $METHODS; do METHOD_ARGS+=(--method "$m"); done
-SKIP=(--skip zero_shot --skip single_site --skip new_site --no-encoder)
+SKIP=(--skip zero_shot --skip new_site --no-encoder)
+if [ "$SINGLE_SITE" != "1" ]; then SKIP+=(--skip single_site); fi
+if [ "$CENTRALIZED" != "1" ]; then SKIP+=(--skip centralized); fi
 
 mkdir -p "$OUT"
 for n in $SITES; do
@@ -39,12 +49,20 @@ for n in $SITES; do
     if [ ! -f "$bench/benchmark.json" ]; then
       "$FML" data split "${SOURCE[@]}" --sites "$n" --alpha "$a" --seed "$SEED" --out "$bench"
     fi
+    STEPS=()
+    if [ -n "$TOTAL_STEPS" ]; then
+      STEPS=(-s "train.max_steps=$(( (TOTAL_STEPS + n / 2) / n > 0 ? (TOTAL_STEPS + n / 2) / n : 1 ))")
+    fi
     "$FML" study --config "$CONFIG" --benchmark "$bench" --out "$OUT/study-$tag" "${SKIP[@]}" \
-      "${METHOD_ARGS[@]}" -s "name=het-$tag" "$@"
+      "${METHOD_ARGS[@]}" -s "name=het-$tag" "${STEPS[@]}" "$@"
     if [ "$FIXED_T" = "1" ] && [[ " $METHODS " == *" fedmedlora+ "* ]]; then
-      "$FML" study --config "$CONFIG" --benchmark "$bench" --out "$OUT/study-$tag-fixedT" "${SKIP[@]}" \
-        --skip centralized --method fedmedlora+ -s "name=het-$tag-fixedT" \
-        -s federation.temperature_rule=fixed -s federation.temperature=1.0 "$@"
+      "$FML" study --config "$CONFIG" --benchmark "$bench" --out "$OUT/study-$tag-fixedT" \
+        --skip zero_shot --skip new_site --skip single_site --skip centralized --no-encoder \
+        --method fedmedlora+ -s "name=het-$tag-fixedT" \
+        -s federation.temperature_rule=fixed -s federation.temperature=1.0 "${STEPS[@]}" "$@"
+      "$FML" compare "$OUT/study-$tag/fed-medlora-plus" "$OUT/study-$tag-fixedT/fed-medlora-plus" \
+        --label-a "Fed-MedLoRA+ (data-chosen T)" --label-b "Fed-MedLoRA+ (T = 1)" \
+        -o "$OUT/study-$tag-fixedT/compare.md"
     fi
   done
 done

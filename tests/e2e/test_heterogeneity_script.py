@@ -1,6 +1,8 @@
 """scripts/heterogeneity.sh end to end at the smallest size: the bundled sample split into 3 sites (α = 0.1), the
 tiny random model, RoLoRA and Fed-MedLoRA+ (data-chosen temperature) next to the centralized row. Checks the
-plumbing only (a random model scores 0): the partition, the study table, the round logs."""
+plumbing only (a random model scores 0): the partition, the study table with its single-site rows, the round logs,
+the total local steps split over the sites, and the paired comparison of Fed-MedLoRA+ at T = 1 against the
+data-chosen T."""
 
 from __future__ import annotations
 
@@ -32,12 +34,12 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
         "SITES": "3",
         "ALPHAS": "0.1",
         "METHODS": "fedmedlora+ rolora",
-        "FIXED_T": "0",
+        "FIXED_T": "1",
+        "TOTAL_STEPS": "6",
         "OMP_NUM_THREADS": "1",
     }
     tiny = [
         *tiny_model_overrides(model),
-        "train.max_steps=1",
         "train.batch_size=2",
         "train.max_length=768",
         "data.max_train_examples=4",
@@ -60,7 +62,10 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
     assert manifest["partition"]["alpha"] == 0.1 and manifest["partition"]["n_sites"] == 3
     study = out / "study-n3-a0.1"
     rows = {line.split(",")[0] for line in (study / "study.csv").read_text().splitlines()[1:]}
-    assert {"centralized", "Fed-MedLoRA+", "RoLoRA"} <= rows
+    assert {"centralized", "Fed-MedLoRA+", "RoLoRA"} | {f"single-site (site0{k})" for k in (1, 2, 3)} <= rows
+    assert "max_steps: 2" in (study / "rolora" / "config.yaml").read_text()  # TOTAL_STEPS=6 over 3 sites
+    compare = (out / "study-n3-a0.1-fixedT" / "compare.md").read_text()
+    assert "Fed-MedLoRA+ (data-chosen T) vs Fed-MedLoRA+ (T = 1)" in compare and "| NER strict |" in compare
     rolora = [json.loads(x) for x in (study / "rolora" / "rounds.jsonl").read_text().splitlines()]
     assert [r.get("trained_factor") for r in rolora[1:]] == ["B", "A"]
     assert all(0 <= r["weights_entropy"] <= 1 for r in rolora[1:])
