@@ -72,3 +72,17 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
     plus = [json.loads(x) for x in (study / "fed-medlora-plus" / "rounds.jsonl").read_text().splitlines()]
     assert all(set(r["weights"]) == {"site01", "site02", "site03"} for r in plus[1:])
     assert all(r["weights_entropy"] is not None for r in plus[1:])
+
+    # the experiment's tables and plots (scripts/heterogeneity_report.py) from the same folders
+    rep = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "heterogeneity_report.py"), str(out), "--plots", str(tmp_path / "img")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "| 3 sites, α=0.1 (" in rep.stdout and "| RoLoRA |" in rep.stdout
+    assert "Fed-MedLoRA+ vs Fed-MedLoRA+ (T = 1) | in-domain, all sites | NER strict |" in rep.stdout
+    assert (tmp_path / "img" / "heterogeneity_f1.png").stat().st_size > 0
+    assert (tmp_path / "img" / "heterogeneity_weights.png").stat().st_size > 0
