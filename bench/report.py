@@ -498,8 +498,9 @@ DECODE_NOTES = """Reading it (AMD EPYC, 2 threads, 2026-12-04; the issue asked f
   the sentence and from their own JSON layout to accept 1.89 tokens per verification pass (4-token drafts). But
   a 5-token pass costs 2.6× a 1-token pass at batch 16 (transformers repeats the grouped key/value heads for
   multi-token queries and computes 5 logit rows), so a token would cost 10.6 ms instead of 7.7 ms. With 2-token
-  drafts at batch 8 a 3-token pass costs 18.4 ms, so even at the same 1.89 tokens per pass it would save ~9 %. A growing pre-allocated key/value cache instead of concatenation saved
-  8–11 % per step in a separate trial (not kept: greedy paths differed from the reference on random inputs).
+  drafts at batch 8 a 3-token pass costs 18.4 ms, so even at the same 1.89 tokens per pass it would save ~9 %.
+  A growing pre-allocated key/value cache instead of concatenation saved 8–11 % per step in a separate trial
+  (not kept: greedy paths differed from the reference on random inputs).
 - **CTranslate2 is not faster on this CPU.** Its fp32 generator steps in 107 ms at batch 16 (transformers: 123
   ms) but 289 ms at batch 32 (transformers: 212 ms); its bf16 mode is refused on this CPU ("do not support
   efficient bfloat16 computation"). It would also need every adapter merged and converted (~10 s each). Not

@@ -20,6 +20,8 @@
 #               at every site). Same total compute at every N: 30 gives 10 steps per site at N=3, 3 at N=10.
 #   SINGLE_SITE 1: a single-site row per new site too (N extra rows; the baseline); 0: none (1)
 #   CENTRALIZED 1: the centralized row (the pooled upper bound; the same training data at every N) (1)
+#   DROP_OTHER_SITES 1: partitions without the sites that are not split (the new site, external cohorts), so
+#               every row is scored in-domain only (0)
 # Finished partitions and runs are reused, so an interrupted experiment goes on where it stopped.
 set -euo pipefail
 FML="${FEDMEDLORA:-fedmedlora}"
@@ -33,6 +35,8 @@ FIXED_T="${FIXED_T:-1}"
 TOTAL_STEPS="${TOTAL_STEPS:-}"
 SINGLE_SITE="${SINGLE_SITE:-1}"
 CENTRALIZED="${CENTRALIZED:-1}"
+SPLIT_ARGS=()
+if [ "${DROP_OTHER_SITES:-0}" = "1" ]; then SPLIT_ARGS+=(--drop-other-sites); fi
 SOURCE=()
 if [ -n "${BENCHMARK:-}" ]; then SOURCE=("$BENCHMARK"); fi
 METHOD_ARGS=()
@@ -47,7 +51,7 @@ for n in $SITES; do
     tag="n${n}-a${a}"
     bench="$OUT/bench-$tag"
     if [ ! -f "$bench/benchmark.json" ]; then
-      "$FML" data split "${SOURCE[@]}" --sites "$n" --alpha "$a" --seed "$SEED" --out "$bench"
+      "$FML" data split "${SOURCE[@]}" --sites "$n" --alpha "$a" --seed "$SEED" --out "$bench" "${SPLIT_ARGS[@]}"
     fi
     STEPS=()
     if [ -n "$TOTAL_STEPS" ]; then

@@ -276,6 +276,7 @@ def split_benchmark(
     *,
     sites: Sequence[str] | None = None,
     name: str | None = None,
+    keep_other_sites: bool = True,
 ) -> dict[str, Any]:
     """Partition a benchmark's training sites into ``settings.n_sites`` new ones and write the new benchmark.
 
@@ -285,6 +286,8 @@ def split_benchmark(
         settings: The partition.
         sites: Source sites to pool (default: every ``role="train"`` site of ``source``).
         name: Name in the new manifest (default: ``<source name>-split<N>``).
+        keep_other_sites: copy the sites that are not partitioned (new site, external cohorts, training sites left
+            out of ``sites``); ``False`` leaves them out (an experiment that scores only the new sites).
 
     Returns:
         The new manifest (also written to ``out/benchmark.json``; ``partition`` holds the provenance).
@@ -352,8 +355,12 @@ def split_benchmark(
                 "train_tv_to_pool": round(tv, 4),
             },
         }
-    for s, info in bench.sites.items():  # the sites not partitioned travel unchanged
+    left_out = []
+    for s, info in bench.sites.items():  # the sites not partitioned travel unchanged (or not at all)
         if s in chosen:
+            continue
+        if not keep_other_sites:
+            left_out.append(s)
             continue
         shutil.copytree(bench.root / s, out / s)
         manifest["sites"][s] = src_sites.get(s, {"role": info.role, "label_set": info.label_set.to_dict()})
@@ -375,6 +382,7 @@ def split_benchmark(
         "size_skew": settings.size_skew,
         "proportions": list(settings.proportions) if settings.proportions is not None else None,
         "source_sites": chosen,
+        "sites_left_out": left_out,
         "dev_test": "partitioned like the training documents (same type preferences and shares, a quota per split)",
         "pooled_train_type_mix": {t: round(v, 4) for t, v in pooled_mix.items()},
         "mean_train_tv_to_pool": round(float(np.mean(tvs)), 4),

@@ -201,6 +201,15 @@ def test_cli_data_split_and_check(tmp_path: Path) -> None:
     assert "site03:" in res.output and "every check passed" in res.output
     res = runner.invoke(app, ["data", "check", str(out)])
     assert res.exit_code == 0, res.output
+    assert load_benchmark(out).new_site == "maccrobat"
+    res = split(tmp_path / "only", "--sites", "2", "--drop-other-sites")
+    assert res.exit_code == 0 and "left out (--drop-other-sites): maccrobat" in res.output, res.output
+    only = load_benchmark(tmp_path / "only")
+    assert only.new_site is None and sorted(only.sites) == ["site01", "site02"]
+    assert not (tmp_path / "only" / "maccrobat").exists()
+    assert json.loads((tmp_path / "only" / "benchmark.json").read_text())["partition"]["sites_left_out"] == [
+        "maccrobat"
+    ]
     res = split(tmp_path / "y", "--sites", "3", "--alpha", "-1")
     assert res.exit_code != 0 and "alpha=-1.0 must be > 0" in res.output
     res = split(tmp_path / "z", "--sites", "2", "--proportions", "1,x")

@@ -36,6 +36,7 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
         "METHODS": "fedmedlora+ rolora",
         "FIXED_T": "1",
         "TOTAL_STEPS": "6",
+        "DROP_OTHER_SITES": "1",
         "OMP_NUM_THREADS": "1",
     }
     tiny = [
@@ -60,6 +61,7 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     manifest = json.loads((out / "bench-n3-a0.1" / "benchmark.json").read_text())
     assert manifest["partition"]["alpha"] == 0.1 and manifest["partition"]["n_sites"] == 3
+    assert manifest["partition"]["sites_left_out"] == ["maccrobat"] and "maccrobat" not in manifest["sites"]
     study = out / "study-n3-a0.1"
     rows = {line.split(",")[0] for line in (study / "study.csv").read_text().splitlines()[1:]}
     assert {"centralized", "Fed-MedLoRA+", "RoLoRA"} | {f"single-site (site0{k})" for k in (1, 2, 3)} <= rows

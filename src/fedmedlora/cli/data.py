@@ -87,6 +87,9 @@ def data_split(
     seed: int = typer.Option(13, "--seed", min=0, help="Seed of the Dirichlet draws and the assignment."),
     source: list[str] = typer.Option(None, "--source", help="Source sites to pool (repeatable; default: all train)."),
     prefix: str = typer.Option("site", "--prefix", help="New site names: <prefix>01, <prefix>02, ..."),
+    drop_other_sites: bool = typer.Option(
+        False, "--drop-other-sites", help="Leave out the sites that are not partitioned (new site, external)."
+    ),
 ) -> None:
     """Re-partition a benchmark's training sites by document into N new sites (IID, Dirichlet label skew, size
     skew), write the result as a new benchmark whose manifest records how every site was made, and check it."""
@@ -101,7 +104,10 @@ def data_split(
             raise fail(f"--proportions {proportions!r}: expected comma-separated numbers, e.g. 6,1,1,1") from None
     try:
         settings = PartitionSettings(sites, alpha, seed, proportions=props, size_skew=size_skew, prefix=prefix)
-        manifest = split_benchmark(benchmark or default_benchmark_dir(), out, settings, sites=source or None)
+        manifest = split_benchmark(
+            benchmark or default_benchmark_dir(), out, settings, sites=source or None,
+            keep_other_sites=not drop_other_sites,
+        )  # fmt: skip
     except (PartitionError, BenchmarkError, JsonlError) as e:
         raise fail(str(e)) from None
     part = manifest["partition"]
@@ -113,6 +119,8 @@ def data_split(
                 f"{', '.join(info['partition']['source_sites'])}; type-mix distance to the pool "
                 f"{info['partition']['train_tv_to_pool']:.3f}"
             )
+    if part.get("sites_left_out"):
+        typer.echo(f"left out (--drop-other-sites): {', '.join(part['sites_left_out'])}")
     problems = check_benchmark(load_benchmark(out))
     for p in problems:
         typer.echo(f"problem: {p}")
