@@ -263,10 +263,12 @@ class EvalConfig(_Section):
     prefix_cache: bool = Field(
         True, description="Compute the shared instruction prefix of a site's prompts once (identical answers)."
     )
-    constrained: bool = Field(
-        False,
+    constrained: bool | Literal["auto"] = Field(
+        "auto",
         description="Constrained decoding (JSON format only): answers always parse and every span is copied "
-        "from the sentence.",
+        "from the sentence. 'auto': on for the base model without a trained adapter (zero-shot: +12.8 NER strict "
+        "F1, 95% paired interval [+9.5, +16.5]), off for trained adapters (-0.3 [-3.2, +2.3], not significant) "
+        "and for data.format=html (docs/settings.md).",
     )
     bootstrap_resamples: int = Field(
         1000,
@@ -302,7 +304,7 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _constrained_needs_json(self) -> RunConfig:
-        if self.eval.constrained and self.data.format != "json":
+        if self.eval.constrained is True and self.data.format != "json":
             raise ValueError(
                 "eval.constrained: constrained decoding is implemented for data.format=json only "
                 f"(got data.format={self.data.format!r})"

@@ -53,3 +53,36 @@ def test_evaluation_keeps_every_raw_output_next_to_the_tables(tiny_model_dir, tm
         assert len(mine) == sum(tables[site]["parse"]["prompts"].values()) > 0
         assert all(isinstance(x["prompt"], str) and isinstance(x["output"], str) for x in mine)
     assert {x["site"] for x in lines} == {"chia", "phee"}
+
+
+def test_constrained_decoding_auto_is_on_for_the_base_model_only(tiny_model_dir):
+    """``eval.constrained: auto`` (the default) constrains zero-shot decoding, where it measured a win, and leaves a
+    trained adapter (any LoRA B non-zero) and HTML answers unconstrained; true/false force it."""
+    import pytest
+
+    from fedmedlora.config import ConfigError, load_config
+    from fedmedlora.lm.session import Session
+
+    base = [f"model.name={tiny_model_dir}", "model.device=cpu", "lora.r=4", "data.format=json"]
+    cfg = load_config(None, base)
+    assert cfg.eval.constrained == "auto"
+    session = Session.load(cfg)
+    session.set_arrays(None)
+    assert session.adapter_is_identity() and session.uses_constraint(cfg)
+    html = load_config(None, [*base, "data.format=html"])
+    assert not session.uses_constraint(html)
+    assert not session.uses_constraint(load_config(None, [*base, "eval.constrained=false"]))
+
+    trained = {k: v.copy() for k, v in session.init_arrays.items()}
+    key = next(k for k in trained if "lora_B" in k)
+    trained[key][0, 0] = 1e-3  # one trained weight is enough to make it an adapter
+    session.set_arrays(trained)
+    assert not session.adapter_is_identity() and not session.uses_constraint(cfg)
+    assert session.uses_constraint(load_config(None, [*base, "eval.constrained=true"]))
+    session.set_arrays(None)
+    assert session.uses_constraint(cfg)
+
+    with pytest.raises(ConfigError, match="constrained"):
+        load_config(None, [*base, "data.format=html", "eval.constrained=true"])
+    with pytest.raises(ConfigError, match="constrained"):
+        load_config(None, [*base, "eval.constrained=sometimes"])

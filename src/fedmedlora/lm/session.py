@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmedlora.aggregation import is_lora_B
 from fedmedlora.config import RunConfig
 from fedmedlora.lm.adapter_io import get_adapter_arrays, set_adapter_arrays
 from fedmedlora.lm.constrained import constraint_for
@@ -85,10 +86,22 @@ class Session:
                     early_stop=cfg.eval.early_stop,
                     stop_on_repetition=cfg.eval.stop_on_repetition,
                     prefix_cache=cfg.eval.prefix_cache,
-                    constraint=constraint_for(self.tokenizer) if cfg.eval.constrained else None,
+                    constraint=constraint_for(self.tokenizer) if self.uses_constraint(cfg) else None,
                 )
 
         return fn
+
+    def adapter_is_identity(self) -> bool:
+        """Whether the loaded adapter changes nothing (every LoRA B is zero): the base model, i.e. zero-shot."""
+        with torch.no_grad():
+            return all(not bool(torch.count_nonzero(p)) for name, p in self.model.named_parameters() if is_lora_B(name))
+
+    def uses_constraint(self, cfg: RunConfig) -> bool:
+        """Whether generation under ``cfg`` is constrained: ``eval.constrained`` true, or ``"auto"`` with JSON
+        answers and an adapter that changes nothing (zero-shot, where it measured a win; docs/settings.md)."""
+        if cfg.eval.constrained == "auto":
+            return cfg.data.format == "json" and self.adapter_is_identity()
+        return bool(cfg.eval.constrained)
 
     @contextmanager
     def merged(self, enabled: bool = True) -> Iterator[None]:
