@@ -75,8 +75,9 @@ def collect(root: Path) -> list[dict[str, Any]]:
         bench = root / f"bench-n{n}-a{alpha}" / "benchmark.json"
         part = parts.setdefault((n, alpha), {"n": n, "alpha": alpha, "rows": {}})
         if bench.is_file():
-            info = _json(bench).get("partition", {})
-            part["distance"] = info.get("mean_train_tv_to_pool")
+            manifest = _json(bench)
+            part["distance"] = manifest.get("partition", {}).get("mean_train_tv_to_pool")
+            part["train_docs"] = {s: i["n_docs"]["train"] for s, i in manifest["sites"].items() if "n_docs" in i}
         part.setdefault("sites", _json(study / "study.json")["groups"]["in-domain (all)"])
         for name, folder in _rows(study, bool(m.group(3))).items():
             part["rows"][name] = {"folder": folder, "results": _json(folder / "eval" / "test.json")}
@@ -200,7 +201,8 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             w = _last_round(p["rows"][m]["folder"])["weights"]
             ax.bar([i + k * width for i in range(len(sites))], [w.get(s, math.nan) for s in sites], width, label=lab)
         ax.set_xticks([i + width * (len(shown) - 1) / 2 for i in range(len(sites))])
-        ax.set_xticklabels(sites, rotation=45, fontsize=7)
+        docs = p.get("train_docs", {})
+        ax.set_xticklabels([f"{s}\n{docs[s]} docs" if s in docs else s for s in sites], fontsize=7)
         ax.set_ylabel("weight in the last round")
         ax.set_title(f"{_label(p)}: how the coordinator weighs the sites", fontsize=9)
         ax.legend(fontsize=7)
