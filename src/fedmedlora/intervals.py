@@ -267,6 +267,11 @@ PAIRED_METRICS: tuple[tuple[str, str], ...] = (
 
 WIN, LOSS, NOT_SIGNIFICANT = "win", "loss", "not significant"
 
+#: Fewer documents than this get a paired difference and its interval but no verdict: a bootstrap of one
+#: document is a point (its "interval" excludes 0 whenever the difference is not 0), and of two to four a handful
+#: of values, which is no evidence either way.
+MIN_VERDICT_DOCS = 5
+
 
 def site_results(results: Mapping[str, Any]) -> dict[str, Any]:
     """The per-site entries of an evaluation (without ``OVERALL``)."""
@@ -342,7 +347,8 @@ def compare_models(
 
     Without per-document counts on both sides (an old evaluation, an encoder row) or with no resamples, the
     difference comes from the summed counts and ``low`` / ``high`` / ``verdict`` are None; two evaluations of
-    different documents get the same, with the reason in ``note``. [] when either model misses a site.
+    different documents get the same, with the reason in ``note``. Fewer than ``MIN_VERDICT_DOCS`` documents: the
+    interval is kept, the verdict is None and ``note`` says why. [] when either model misses a site.
     """
     sites = list(sites)
     if not sites or not all(s in results_a and s in results_b for s in sites):
@@ -375,6 +381,9 @@ def compare_models(
             diff = None if f1_a is None or f1_b is None else f1_a - f1_b
             row.update(difference=diff, low=None, high=None)
         row["verdict"] = verdict(iv)
+        if iv is not None and n_docs < MIN_VERDICT_DOCS:
+            row["verdict"] = None
+            row["note"] = f"{n_docs} document(s): too few for a verdict (fewer than {MIN_VERDICT_DOCS})"
         out.append(row)
     return out
 

@@ -93,3 +93,14 @@ def test_cli_prints_the_table_writes_rows_and_names_bad_files(tmp_path):
     ]:
         r = CliRunner().invoke(app, ["compare", *args])
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (args, r.output)
+
+
+def test_too_few_documents_get_an_interval_but_no_verdict():
+    # one document: every resample is that document, so the "interval" is a point that excludes 0
+    rows = compare_evaluations({"s1": _site([3], n_docs=1)}, {"s1": _site([1], n_docs=1)}, n_resamples=50)
+    strict = next(r for r in rows if r["rule"] == "strict")
+    assert strict["low"] == strict["high"] == strict["difference"] > 0
+    assert strict["verdict"] is None and "too few for a verdict" in strict["note"]
+    # five documents are enough for a verdict
+    five = compare_evaluations({"s1": _site([3], n_docs=5)}, {"s1": _site([1], n_docs=5)}, n_resamples=50)
+    assert all(r["verdict"] == "win" for r in five)
