@@ -8,7 +8,9 @@ and ``<out>/bench-*/benchmark.json`` (how each partition was made). Prints Markd
   entropy and temperature of the federated rows;
 * paired comparisons on the same documents (``intervals.compare_evaluations``, in-domain sites pooled): each
   federated rule against Fed-MedLoRA, each federated row against centralized, Fed-MedLoRA+ with the data-chosen
-  temperature against T = 1, each federated row against each single-site row on the in-domain sites.
+  temperature against T = 1, each federated row against each single-site row on the in-domain sites;
+* the same rule on two partitions (10 vs 3 sites, skewed vs IID): the partitions split the same test documents,
+  so they are compared document by document too;
 
 and writes ``<plots>/heterogeneity_f1.png`` (in-domain NER strict F1 against the number of sites, per alpha) and
 ``<plots>/heterogeneity_weights.png`` (Fed-MedLoRA+'s per-site weights in the last round, T = 1 vs data-chosen).
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmedlora.intervals import compare_evaluations, evaluation_intervals
+from fedmedlora.metrics import Evaluation
 from fedmedlora.reports import paired_markdown
 
 STUDY = re.compile(r"^study-n(\d+)-a([^-]+)(-fixedT)?$")
@@ -147,6 +150,40 @@ def paired(parts: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _pooled(results: dict[str, Any], sites: list[str]) -> dict[str, Any]:
+    """The in-domain sites of one evaluation as one pseudo-site (summed metrics, every document), so that two
+    partitions of the same test documents can be compared document by document."""
+    ev, docs = Evaluation(), {}
+    for s in sites:
+        ev += Evaluation.from_dict(results[s]["metrics"])
+        for doc, counts in results[s]["documents"].items():
+            if doc in docs:
+                raise ValueError(f"document {doc!r} is in two sites of one partition")
+            docs[doc] = counts
+    return {"in-domain": {"metrics": ev.to_dict(), "documents": docs}}
+
+
+def across(parts: list[dict[str, Any]]) -> str:
+    """The same rule on two partitions of the same test documents: 10 vs 3 sites at one alpha, skewed vs IID at one
+    N (paired by document; unstratified, since the sites differ)."""
+    by = {(p["n"], p["alpha"]): p for p in parts}
+    pairs = [((10, a), (3, a), f"10 vs 3 sites, {'IID' if a == 'inf' else 'α=' + a}") for a in ("inf", "0.1")]
+    pairs += [((n, "0.1"), (n, "inf"), f"α=0.1 vs IID, {n} sites") for n in (3, 10)]
+    found = []
+    for ka, kb, label in pairs:
+        if ka not in by or kb not in by:
+            continue
+        pa, pb = by[ka], by[kb]
+        for m in FEDERATED:
+            if m in pa["rows"] and m in pb["rows"]:
+                ra = _pooled(pa["rows"][m]["results"], pa["sites"])
+                rb = _pooled(pb["rows"][m]["results"], pb["sites"])
+                for r in compare_evaluations(ra, rb, label_a=f"{m}, {_label(pa)}", label_b=_label(pb)):
+                    if r["task"] == "ner":
+                        found.append({**r, "kind": label, "sites": ["in-domain, all test documents"]})
+    return paired_markdown(found, title="The same rule on two partitions of the same test documents (A − B)")
+
+
 def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -226,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(parts, args.unseen))
     print(paired(parts))
+    print(across(parts))
     for path in plots(parts, args.plots or args.root / "plots"):
         print(f"<!-- wrote {path} -->")
     return 0
