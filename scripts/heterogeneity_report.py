@@ -201,7 +201,8 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             pts = [(n, c) for n, c in pts if c is not None]
             if not pts:
                 continue
-            xs = [n + 0.12 * (k - len(models) / 2) for n, _ in pts]  # side by side, not on top of each other
+            shift = 0.15 * (k - len(models) / 2) + (0.06 if alpha == "inf" else 0.0)  # side by side
+            xs = [n + shift for n, _ in pts]
             ys = [100 * c[0] for _, c in pts]
             err = [[100 * (c[0] - c[1]) for _, c in pts], [100 * (c[2] - c[0]) for _, c in pts]]
             label = f"{m}, {'IID' if alpha == 'inf' else 'α=' + alpha}"
