@@ -16,12 +16,13 @@
 #   SEED        partition seed          (13)
 #   CONFIG      study config / preset   (heterogeneity)
 #   FIXED_T     also run Fed-MedLoRA+ with temperature_rule=fixed, T=1 (1; 0 = no)
-#   TOTAL_STEPS local steps per round summed over the sites, split evenly (empty: the preset's train.max_steps
-#               at every site). Same total compute at every N: 30 gives 10 steps per site at N=3, 3 at N=10.
+#   TOTAL_STEPS local steps per round summed over the sites, split evenly (20; empty: the preset's
+#               train.max_steps at every site). Same total compute at every N: 20 gives 7 steps per site at N=3,
+#               2 at N=10.
 #   SINGLE_SITE 1: a single-site row per new site too (N extra rows; the baseline); 0: none (1)
 #   CENTRALIZED 1: the centralized row (the pooled upper bound; the same training data at every N) (1)
 #   DROP_OTHER_SITES 1: partitions without the sites that are not split (the new site, external cohorts), so
-#               every row is scored in-domain only (0)
+#               every row is scored in-domain only (1)
 # Finished partitions and runs are reused, so an interrupted experiment goes on where it stopped.
 set -euo pipefail
 FML="${FEDMEDLORA:-fedmedlora}"
@@ -32,11 +33,11 @@ METHODS="${METHODS:-fedmedlora fedmedlora+ fedsa ffa rolora}"
 SEED="${SEED:-13}"
 CONFIG="${CONFIG:-heterogeneity}"
 FIXED_T="${FIXED_T:-1}"
-TOTAL_STEPS="${TOTAL_STEPS:-}"
+TOTAL_STEPS="${TOTAL_STEPS-20}"
 SINGLE_SITE="${SINGLE_SITE:-1}"
 CENTRALIZED="${CENTRALIZED:-1}"
 SPLIT_ARGS=()
-if [ "${DROP_OTHER_SITES:-0}" = "1" ]; then SPLIT_ARGS+=(--drop-other-sites); fi
+if [ "${DROP_OTHER_SITES:-1}" = "1" ]; then SPLIT_ARGS+=(--drop-other-sites); fi
 SOURCE=()
 if [ -n "${BENCHMARK:-}" ]; then SOURCE=("$BENCHMARK"); fi
 METHOD_ARGS=()

@@ -102,10 +102,13 @@ def _label(part: dict[str, Any]) -> str:
 
 
 def table(parts: list[dict[str, Any]], unseen: str) -> str:
+    """One row per model and partition; the unseen-site column only when some row was scored there."""
+    shown = any(unseen in row["results"] for p in parts for row in p["rows"].values())
+    extra = f" {unseen} NER strict F1 |" if shown else ""
     lines = [
-        f"| partition (type-mix distance) | model | in-domain NER strict F1 | in-domain NER lenient F1 | {unseen} NER "
-        "strict F1 | weights entropy (last round) | T (last round) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| partition (type-mix distance) | model | in-domain NER strict F1 | in-domain NER lenient F1 |{extra} "
+        "weights entropy (last round) | T (last round) |",
+        "|---|---|---:|---:|" + ("---:|" if shown else "") + "---:|---:|",
     ]
     for p in parts:
         dist = f" ({p['distance']:.2f})" if p.get("distance") is not None else ""
@@ -114,9 +117,10 @@ def table(parts: list[dict[str, Any]], unseen: str) -> str:
             last = _last_round(row["folder"]) if name in FEDERATED else {}
             ent = last.get("weights_entropy")
             temp = last.get("temperature")
+            cell = f" {_fmt(_ci(res, [unseen]) if unseen in res else None)} |" if shown else ""
             lines.append(
                 f"| {_label(p)}{dist} | {name} | {_fmt(_ci(res, p['sites']))} | "
-                f"{_fmt(_ci(res, p['sites'], 'lenient'))} | {_fmt(_ci(res, [unseen]) if unseen in res else None)} | "
+                f"{_fmt(_ci(res, p['sites'], 'lenient'))} |{cell} "
                 f"{'–' if ent is None else f'{ent:.3f}'} | {'–' if temp is None else f'{temp:.3g}'} |"
             )
     return "\n".join(lines) + "\n"
