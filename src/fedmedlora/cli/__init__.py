@@ -458,7 +458,7 @@ def compare(
         raise fail(str(e)) from None
     notes = sorted({r["note"] for r in rows if r.get("note")})
     for note in notes:
-        typer.secho(f"warning: no interval for some rows: {note}", err=True, fg="yellow")
+        typer.secho(f"warning: {note}", err=True, fg="yellow")
     md = paired_markdown(rows, title="Paired comparison on the same documents: F1 difference")
     typer.echo(md)
     if out is not None:
