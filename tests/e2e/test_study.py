@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fedmedlora.intervals import MIN_VERDICT_DOCS
 from tinymodel import save_tiny_model, tiny_model_overrides
 
 pytestmark = pytest.mark.slow
@@ -209,7 +210,11 @@ def test_evaluations_keep_documents_and_the_study_compares_rows_on_them(study_di
     paired = json.loads((study_dir / "study.json").read_text())["paired"]
     by = {(r["a"], r["b"], tuple(r["sites"]), r["task"], r["rule"]): r for r in paired}
     unseen = by[("Fed-MedLoRA", "single-site (chia)", ("phee", "bc5cdr", "maccrobat"), "ner", "strict")]
-    assert unseen["verdict"] in ("win", "loss", "not significant") and unseen["low"] <= unseen["high"]
+    assert unseen["low"] <= unseen["difference"] <= unseen["high"]
+    if unseen["n_docs"] >= MIN_VERDICT_DOCS:
+        assert unseen["verdict"] in ("win", "loss", "not significant")
+    else:  # this small study's sample: an interval, but too few documents for a verdict
+        assert unseen["verdict"] is None and "too few for a verdict" in unseen["note"]
     assert ("Fed-MedLoRA+", "Fed-MedLoRA", ("chia", "phee", "bc5cdr"), "ner", "strict") in by
     assert ("Fed-MedLoRA+", "centralized", ("maccrobat",), "ner", "strict") in by
     adapted = ("Fed-MedLoRA → adapted to maccrobat", "maccrobat only (from base)", ("maccrobat",), "ner", "strict")
