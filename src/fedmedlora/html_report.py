@@ -44,7 +44,15 @@ from fedmedlora.jsonl import iter_json_lines
 from fedmedlora.metrics import Evaluation
 from fedmedlora.prompts import Prompt
 from fedmedlora.reports import COLUMNS, plot_rounds
-from fedmedlora.runs import CONFIG_FILE, ROUNDS_FILE, RUN_FILE, STUDY_JSON, STUDY_ROW_FILE, eval_file
+from fedmedlora.runs import (
+    CONFIG_FILE,
+    ROUNDS_FILE,
+    RUN_FILE,
+    STUDY_ENCODER_DIR,
+    STUDY_JSON,
+    STUDY_ROW_FILE,
+    eval_file,
+)
 from fedmedlora.sampling import eval_items
 from fedmedlora.schema import ENTITY_TYPES, MODIFIER_TYPES, Entity, Modifier, Sentence
 from fedmedlora.span_errors import KIND_LABELS, KINDS, Outcome, classify_sentence
@@ -497,10 +505,6 @@ def replay(row: Row, bench: Benchmark, site: str) -> tuple[list[tuple[Sentence, 
     return items, preds, raw_ner
 
 
-#: Where a study keeps its encoder-baseline runs (``fedmedlora.recipes.study``: ``<study>/encoder/<setting>/``).
-ENCODER_DIR = "encoder"
-
-
 def encoder_prediction_file(encoder_dir: Path, row_name: str, site: str, split: str) -> Path | None:
     """The predictions an encoder row wrote for ``site`` (``fedmedlora.encoder.run.write_predictions``:
     ``<setting>/predictions/<tag>/<site>.<split>.jsonl``), or ``None`` when ``row_name`` is not an encoder row."""
@@ -690,7 +694,7 @@ def build_report(study_dir: str | Path, *, per_site: int = SENTENCES_PER_SITE) -
             rows,
             per_site=per_site,
             seed=int(summary.get("bootstrap", {}).get("seed") or 0),
-            encoder_dir=study_dir / ENCODER_DIR,
+            encoder_dir=study_dir / STUDY_ENCODER_DIR,
         ),
         "runs": run_table(rows),
         "no_folder": [r.name for r in rows if r.path is None],

@@ -49,6 +49,8 @@ STUDY_MD, STUDY_CSV, STUDY_JSON = "study.md", "study.csv", "study.json"
 STUDY_ROW_FILE = "study_row.json"
 STUDY_PAIRED_CSV = "study_paired.csv"
 SEED_DIR = "seed-{seed}"
+#: A study's encoder-baseline runs: ``<study>/encoder/<setting>/`` (their predictions read by the report).
+STUDY_ENCODER_DIR = "encoder"
 
 
 def eval_file(name: str, suffix: str = ".json") -> str:

@@ -63,6 +63,7 @@ from fedmedlora.runs import (
     ROUNDS_FILE,
     SEED_DIR,
     STUDY_CSV,
+    STUDY_ENCODER_DIR,
     STUDY_JSON,
     STUDY_MD,
     STUDY_PAIRED_CSV,
@@ -388,7 +389,7 @@ class Study:
         progress_events.row_started(self.row_prefix + "encoder baseline")
         t0 = time.perf_counter()
         enc_results, enc_extras = encoder_rows(
-            self.cfg, self.bench, self.train_sites, self.eval_sites, self.out / "encoder", settings=settings
+            self.cfg, self.bench, self.train_sites, self.eval_sites, self.out / STUDY_ENCODER_DIR, settings=settings
         )
         self.results.update(enc_results)
         self.extras.update(enc_extras)
