@@ -1,6 +1,6 @@
 """Tables and plots of the heterogeneity experiment (scripts/heterogeneity.sh), from its study folders.
 
-Reads ``<out>/study-n<N>-a<alpha>[-fixedT]/`` (``study.json``, each row's ``eval/test.json`` and ``rounds.jsonl``)
+Reads ``<out>/study-n<N>-a<alpha>[-fixedT|-size]/`` (``study.json``, each row's ``eval/test.json`` and ``rounds.jsonl``)
 and ``<out>/bench-*/benchmark.json`` (how each partition was made). Prints Markdown:
 
 * one table of every row: in-domain NER strict / lenient F1 with 95% document-bootstrap intervals (all the
@@ -8,12 +8,14 @@ and ``<out>/bench-*/benchmark.json`` (how each partition was made). Prints Markd
   entropy and temperature of the federated rows;
 * paired comparisons on the same documents (``intervals.compare_evaluations``, in-domain sites pooled): each
   federated rule against Fed-MedLoRA, each federated row against centralized, Fed-MedLoRA+ with the data-chosen
-  temperature against T = 1, each federated row against each single-site row on the in-domain sites;
+  temperature against T = 1 and against the data-chosen T times size (``-size``), each federated row against each
+  single-site row on the in-domain sites;
 * the same rule on two partitions (10 vs 3 sites, skewed vs IID): the partitions split the same test documents,
   so they are compared document by document too;
 
 and writes ``<plots>/heterogeneity_f1.png`` (in-domain NER strict F1 against the number of sites, per alpha) and
-``<plots>/heterogeneity_weights.png`` (Fed-MedLoRA+'s per-site weights in the last round, T = 1 vs data-chosen).
+``<plots>/heterogeneity_weights.png`` (Fed-MedLoRA+'s per-site weights in the last round, T = 1 vs data-chosen) and
+``<plots>/heterogeneity_weights_per_round.png`` (the same rules' weights in every round, with their entropy).
 
 Usage::
 
@@ -33,37 +35,44 @@ from typing import Any
 from fedmedlora.intervals import compare_evaluations, evaluation_intervals
 from fedmedlora.metrics import Evaluation
 from fedmedlora.reports import paired_markdown
+from fedmedlora.runs import federated_row_dir
 
-STUDY = re.compile(r"^study-n(\d+)-a([^-]+)(-fixedT)?$")
-FOLDERS = {"fed-medlora": "Fed-MedLoRA", "fed-medlora-plus": "Fed-MedLoRA+", "fedsa": "FedSA-LoRA",
-           "ffa": "FFA-LoRA", "rolora": "RoLoRA", "centralized": "centralized"}  # fmt: skip
-FEDERATED = ("Fed-MedLoRA", "Fed-MedLoRA+", "Fed-MedLoRA+ (T = 1)", "FedSA-LoRA", "FFA-LoRA", "RoLoRA")
+STUDY = re.compile(r"^study-n(\d+)-a([^-]+)(?:-(fixedT|size))?$")
+#: the Fed-MedLoRA+ row of a variant study folder (``study-<tag>-fixedT``: T = 1; ``-size``: loss weight x size)
+VARIANTS = {"fixedT": "Fed-MedLoRA+ (T = 1)", "size": "Fed-MedLoRA+ (× size)"}
+FEDERATED = ("Fed-MedLoRA", "Fed-MedLoRA+", *VARIANTS.values(), "FedSA-LoRA", "FFA-LoRA", "RoLoRA")
+#: row folder -> row name, for the rows a study writes under a folder name of their own (``fedsa-lora``)
+FOLDERS = {federated_row_dir(name): name for name in FEDERATED}
 
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _rows(study: Path, fixed_t: bool) -> dict[str, Path]:
+def _rows(study: Path, variant: str | None = None) -> dict[str, Path]:
     """``{row name: run folder}`` of a study: the LLM rows with an evaluation."""
     out = {}
     for d in sorted(study.iterdir()):
         if not (d / "eval" / "test.json").is_file():
             continue
-        m = re.match(r"^single-site-(.+)$", d.name)
-        name = f"single-site ({m.group(1)})" if m else FOLDERS.get(d.name, d.name)
-        if fixed_t and name == "Fed-MedLoRA+":
-            name = "Fed-MedLoRA+ (T = 1)"
+        name = FOLDERS.get(d.name, d.name)  # local rows ("centralized", "single-site (chia)") keep their name
+        if variant and name == "Fed-MedLoRA+":
+            name = VARIANTS[variant]
         out[name] = d
     return out
 
 
-def _last_round(run: Path) -> dict[str, Any]:
+def _weighted_rounds(run: Path) -> list[dict[str, Any]]:
+    """The aggregation rounds of a run's ``rounds.jsonl`` (those that logged weights), in order."""
     path = run / "rounds.jsonl"
     if not path.is_file():
-        return {}
+        return []
     rounds = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    rounds = [r for r in rounds if r.get("weights")]
+    return [r for r in rounds if r.get("weights")]
+
+
+def _last_round(run: Path) -> dict[str, Any]:
+    rounds = _weighted_rounds(run)
     return rounds[-1] if rounds else {}
 
 
@@ -82,7 +91,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
             part["distance"] = manifest.get("partition", {}).get("mean_train_tv_to_pool")
             part["train_docs"] = {s: i["n_docs"]["train"] for s, i in manifest["sites"].items() if "n_docs" in i}
         part.setdefault("sites", _json(study / "study.json")["groups"]["in-domain (all)"])
-        for name, folder in _rows(study, bool(m.group(3))).items():
+        for name, folder in _rows(study, m.group(3)).items():
             part["rows"][name] = {"folder": folder, "results": _json(folder / "eval" / "test.json")}
     return sorted(parts.values(), key=lambda p: (p["alpha"] != "inf", p["n"]))
 
@@ -137,7 +146,7 @@ def paired(parts: list[dict[str, Any]]) -> str:
         rows, sites = p["rows"], p["sites"]
         pairs = [(f, "Fed-MedLoRA") for f in FEDERATED if f != "Fed-MedLoRA"]
         pairs += [(f, "centralized") for f in FEDERATED]
-        pairs += [("Fed-MedLoRA+", "Fed-MedLoRA+ (T = 1)")]
+        pairs += [("Fed-MedLoRA+", v) for v in VARIANTS.values()]
         pairs += [(f, s) for f in ("Fed-MedLoRA", "Fed-MedLoRA+") for s in sorted(rows) if s.startswith("single")]
         found = []
         for a, b in pairs:
@@ -235,7 +244,8 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         p = max(skewed, key=lambda q: q["n"])
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         names = [("Fed-MedLoRA", "size (Fed-MedLoRA)"), ("Fed-MedLoRA+ (T = 1)", "Fed-MedLoRA+, T = 1"),
-                 ("Fed-MedLoRA+", "Fed-MedLoRA+, data-chosen T")]  # fmt: skip
+                 ("Fed-MedLoRA+", "Fed-MedLoRA+, data-chosen T"),
+                 ("Fed-MedLoRA+ (× size)", "Fed-MedLoRA+, data-chosen T × size")]  # fmt: skip
         shown = [(m, lab) for m, lab in names if m in p["rows"] and _last_round(p["rows"][m]["folder"])]
         sites = p["sites"]
         width = 0.8 / max(len(shown), 1)
@@ -250,6 +260,26 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / "heterogeneity_weights.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+        # per round: one panel per weighting rule, one line per site (same colour in every panel)
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), sharey=True, squeeze=False)
+        for ax, (m, lab) in zip(axes[0], shown, strict=True):
+            rounds = _weighted_rounds(p["rows"][m]["folder"])
+            for i, s in enumerate(sites):
+                ax.plot([r["round"] for r in rounds], [r["weights"].get(s, math.nan) for r in rounds], "o-",
+                        color=f"C{i % 10}", label=s, lw=1)  # fmt: skip
+            ent = ", ".join(f"{r['weights_entropy']:.2f}" for r in rounds if r.get("weights_entropy") is not None)
+            ax.set_title(f"{lab}\nentropy by round: {ent or '–'}", fontsize=8)
+            ax.set_xlabel("round")
+            ax.set_xticks(sorted({r["round"] for r in rounds}))
+        axes[0][0].set_ylabel("site weight")
+        axes[0][-1].legend(fontsize=6, ncol=2)
+        fig.suptitle(f"{_label(p)}: weights per round", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / "heterogeneity_weights_per_round.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import sys
@@ -51,6 +52,14 @@ STUDY_PAIRED_CSV = "study_paired.csv"
 SEED_DIR = "seed-{seed}"
 #: A study's encoder-baseline runs: ``<study>/encoder/<setting>/`` (their predictions read by the report).
 STUDY_ENCODER_DIR = "encoder"
+
+
+def federated_row_dir(row: str) -> str:
+    """A study's federated row's folder (``Fed-MedLoRA+`` → ``fed-medlora-plus``, ``FedSA-LoRA`` → ``fedsa-lora``):
+    lower case, ``+`` → ``-plus``, anything but letters, digits, ``.`` and ``-`` → ``-``. (Local rows keep their name:
+    ``single-site (chia)``.)"""
+    name = row.lower().replace("+", "-plus").replace("ε", "eps")
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.\-]+", "-", name)).strip("-")
 
 
 def eval_file(name: str, suffix: str = ".json") -> str:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedmedlora.config import load_config
-from fedmedlora.runs import RUN_FILE, RunDir, RunDirError, check_output_dir
+from fedmedlora.runs import RUN_FILE, RunDir, RunDirError, check_output_dir, federated_row_dir
 
 
 def test_new_empty_and_same_kind_folders_are_fine(tmp_path):
@@ -48,3 +48,10 @@ def test_extract_refuses_a_folder_as_out_before_loading_a_model(tmp_path, monkey
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no notes found"):
         ex.extract_notes(load_config(), [tmp_path / "empty"], tmp_path / "p.jsonl")
+
+
+def test_federated_row_folders_are_plain_names():
+    names = ["Fed-MedLoRA", "Fed-MedLoRA+", "FedSA-LoRA", "FFA-LoRA", "RoLoRA", "Fed-MedLoRA + DP-SGD (ε=8)"]
+    assert [federated_row_dir(n) for n in names] == [
+        "fed-medlora", "fed-medlora-plus", "fedsa-lora", "ffa-lora", "rolora", "fed-medlora-plus-dp-sgd-eps-8"
+    ]  # fmt: skip

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ from fedmedlora.runs import (
     STUDY_ROW_FILE,
     RunDir,
     eval_file,
+    federated_row_dir,
 )
 
 FED_METHODS = {
@@ -192,39 +193,46 @@ def run_study(
     return res
 
 
+def _row_plan(
+    study: Study, skip: Sequence[str], *, encoder: bool = False, encoder_settings: dict[str, Any] | None = None
+) -> list[tuple[int, Callable[[], Any]]]:
+    """Every row of one study folder, in the table's order: ``(rows it makes, the call that runs or reuses them)``.
+    One list for both running the rows and sizing the progress display."""
+    rounds = study.cfg.federation.rounds
+    train_sites = study.train_sites
+    plan: list[tuple[int, Callable[[], Any]]] = []
+    if "zero_shot" not in skip:
+        plan.append((1, partial(study.local, "zero-shot", "zero_shot", study.cfg)))
+    if "single_site" not in skip:
+        for site in train_sites:
+            cfg = _scaled(study.cfg, rounds)
+            plan.append((1, partial(study.local, f"single-site ({site})", "single_site", cfg, sites=[site])))
+    if "centralized" not in skip:
+        factor = rounds * len(train_sites) if study.cfg.train.max_steps is not None else rounds
+        cfg = _scaled(study.cfg, factor)
+        plan.append((1, partial(study.local, "centralized", "centralized", cfg, sites=train_sites)))
+    for rule in study.fed_methods:
+        plan.append((1, partial(study.federated, rule)))
+    for name, (rule, overrides) in study.privacy.items():
+        plan.append((1, partial(study.federated, rule, name=name, overrides=overrides)))
+    if study.new_site and "new_site" not in skip:
+        plan.append((2 if study.fed_methods else 1, study.new_site_rows))  # adapted (if federated) and from base
+    if encoder:
+        plan.append((1, partial(study.encoder_rows, encoder_settings)))
+    return plan
+
+
 def _planned_rows(study: Study, skip: Sequence[str], encoder: bool) -> int:
     """How many rows ``_run_rows`` runs (or reuses) in ``study``: the length of the progress display."""
-    n = 0 if "zero_shot" in skip else 1
-    n += 0 if "single_site" in skip else len(study.train_sites)
-    n += 0 if "centralized" in skip else 1
-    n += len(study.fed_methods) + len(study.privacy)
-    if study.new_site and "new_site" not in skip:
-        n += 2 if study.fed_methods else 1
-    return n + (1 if encoder else 0)
+    return sum(n for n, _ in _row_plan(study, skip, encoder=encoder))
 
 
 def _run_rows(
     study: Study, skip: Sequence[str], *, encoder: bool = False, encoder_settings: dict[str, Any] | None = None
 ) -> None:
     """Every row of one study folder, in the table's order."""
-    rounds = study.cfg.federation.rounds
-    train_sites = study.train_sites
-    if "zero_shot" not in skip:
-        study.local("zero-shot", "zero_shot", study.cfg)
-    if "single_site" not in skip:
-        for site in train_sites:
-            study.local(f"single-site ({site})", "single_site", _scaled(study.cfg, rounds), sites=[site])
-    if "centralized" not in skip:
-        factor = rounds * len(train_sites) if study.cfg.train.max_steps is not None else rounds
-        study.local("centralized", "centralized", _scaled(study.cfg, factor), sites=train_sites)
-    for rule in study.fed_methods:
-        study.federated(rule)
-    for name, (rule, overrides) in study.privacy.items():
-        study.federated(rule, name=name, overrides=overrides)
-    if study.new_site and "new_site" not in skip:
-        study.new_site_rows()
-    if encoder:
-        study.encoder_rows(encoder_settings)
+    for _, run in _row_plan(study, skip, encoder=encoder, encoder_settings=encoder_settings):
+        run()
 
 
 class Study:
@@ -330,7 +338,7 @@ class Study:
             cfg = load_config(overrides=list(overrides), **cfg.model_dump(mode="json"))
         fcfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"strategy": rule})})
         name = name or FED_METHODS[rule]
-        fed_dir = self.out / _folder_name(name)
+        fed_dir = self.out / federated_row_dir(name)
         if not overrides:
             self.fed_dirs[rule] = fed_dir
         what = {"eval_sites": list(self.eval_sites), "init_adapter": ""}
@@ -544,12 +552,6 @@ class Study:
         self.extras[name] = row
         self.progress(f"[study] {name}: reusing the finished run in {run_path}")
         return True
-
-
-def _folder_name(row: str) -> str:
-    """A row's folder: lower case, ``+`` → ``-plus``, anything but letters, digits, ``.`` and ``-`` → ``-``."""
-    name = row.lower().replace("+", "-plus").replace("ε", "eps")
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.\-]+", "-", name)).strip("-")
 
 
 def privacy_extras(rounds: Sequence[Mapping[str, Any]], cfg: RunConfig) -> dict[str, Any]:
