@@ -16,6 +16,8 @@
 #   SEED        partition seed          (13)
 #   CONFIG      study config / preset   (heterogeneity)
 #   FIXED_T     also run Fed-MedLoRA+ with temperature_rule=fixed, T=1 (1; 0 = no)
+#   WITH_SIZE   also run Fed-MedLoRA+ with its loss weights multiplied by the sites' sizes
+#               (federation.combine_with_size=true; study-<tag>-size) (0; 1 = yes)
 #   TOTAL_STEPS local steps per round summed over the sites, split evenly (20; empty: the preset's
 #               train.max_steps at every site). Same total compute at every N: 20 gives 7 steps per site at N=3,
 #               2 at N=10.
@@ -33,6 +35,7 @@ METHODS="${METHODS:-fedmedlora fedmedlora+ fedsa ffa rolora}"
 SEED="${SEED:-13}"
 CONFIG="${CONFIG:-heterogeneity}"
 FIXED_T="${FIXED_T:-1}"
+WITH_SIZE="${WITH_SIZE:-0}"
 TOTAL_STEPS="${TOTAL_STEPS-20}"
 SINGLE_SITE="${SINGLE_SITE:-1}"
 CENTRALIZED="${CENTRALIZED:-1}"
@@ -68,6 +71,14 @@ for n in $SITES; do
       "$FML" compare "$OUT/study-$tag/fed-medlora-plus" "$OUT/study-$tag-fixedT/fed-medlora-plus" \
         --label-a "Fed-MedLoRA+ (data-chosen T)" --label-b "Fed-MedLoRA+ (T = 1)" \
         -o "$OUT/study-$tag-fixedT/compare.md"
+    fi
+    if [ "$WITH_SIZE" = "1" ] && [[ " $METHODS " == *" fedmedlora+ "* ]]; then
+      "$FML" study --config "$CONFIG" --benchmark "$bench" --out "$OUT/study-$tag-size" \
+        --skip zero_shot --skip new_site --skip single_site --skip centralized --no-encoder \
+        --method fedmedlora+ -s "name=het-$tag-size" -s federation.combine_with_size=true "${STEPS[@]}" "$@"
+      "$FML" compare "$OUT/study-$tag-size/fed-medlora-plus" "$OUT/study-$tag/fed-medlora-plus" \
+        --label-a "Fed-MedLoRA+ (x size)" --label-b "Fed-MedLoRA+ (data-chosen T)" \
+        -o "$OUT/study-$tag-size/compare.md"
     fi
   done
 done

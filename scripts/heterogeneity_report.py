@@ -205,7 +205,7 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     models = [m for m in FEDERATED if any(m in p["rows"] for p in parts)]
     for alpha, style in (("inf", "-"), ("0.1", "--")):
         ps = sorted((p for p in parts if p["alpha"] == alpha), key=lambda p: p["n"])
@@ -232,7 +232,7 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     ax.set_xticklabels([str(n) for n in sorted({p["n"] for p in parts})])
     ax.set_xlabel("number of sites")
     ax.set_ylabel("in-domain NER strict F1 (%)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the points fill the axes
     fig.tight_layout()
     path = out_dir / "heterogeneity_f1.png"
     fig.savefig(path, dpi=120)

@@ -35,6 +35,7 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
         "ALPHAS": "0.1",
         "METHODS": "fedmedlora+ rolora",
         "FIXED_T": "1",
+        "WITH_SIZE": "1",
         "TOTAL_STEPS": "6",
         "DROP_OTHER_SITES": "1",
         "OMP_NUM_THREADS": "1",
@@ -68,6 +69,9 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
     assert "max_steps: 2" in (study / "rolora" / "config.yaml").read_text()  # TOTAL_STEPS=6 over 3 sites
     compare = (out / "study-n3-a0.1-fixedT" / "compare.md").read_text()
     assert "Fed-MedLoRA+ (data-chosen T) vs Fed-MedLoRA+ (T = 1)" in compare and "| NER strict |" in compare
+    size = (out / "study-n3-a0.1-size" / "compare.md").read_text()
+    assert "Fed-MedLoRA+ (x size) vs Fed-MedLoRA+ (data-chosen T)" in size
+    assert "combine_with_size: true" in (out / "study-n3-a0.1-size" / "fed-medlora-plus" / "config.yaml").read_text()
     rolora = [json.loads(x) for x in (study / "rolora" / "rounds.jsonl").read_text().splitlines()]
     assert [r.get("trained_factor") for r in rolora[1:]] == ["B", "A"]
     assert all(0 <= r["weights_entropy"] <= 1 for r in rolora[1:])
@@ -87,4 +91,6 @@ def test_heterogeneity_script_smallest_size(tmp_path: Path) -> None:
     assert "| 3 sites, α=0.1 (" in rep.stdout and "| RoLoRA |" in rep.stdout
     assert "Fed-MedLoRA+ vs Fed-MedLoRA+ (T = 1) | in-domain, all sites | NER strict |" in rep.stdout
     assert (tmp_path / "img" / "heterogeneity_f1.png").stat().st_size > 0
+    assert "Fed-MedLoRA+ vs Fed-MedLoRA+ (× size) | in-domain, all sites | NER strict |" in rep.stdout
     assert (tmp_path / "img" / "heterogeneity_weights.png").stat().st_size > 0
+    assert (tmp_path / "img" / "heterogeneity_weights_per_round.png").stat().st_size > 0
