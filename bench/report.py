@@ -348,7 +348,30 @@ def decode_section(d: dict[str, Any]) -> list[str]:
     return out
 
 
-def autocast_section(d: dict[str, Any]) -> list[str]:
+def autocast_f1_lines(f: dict[str, Any] | None) -> list[str]:
+    """The F1 effect of bf16 autocast training (``train_autocast_f1.json``: paired comparison rows), or a line
+    saying it was not measured."""
+    if f is None:
+        return ["F1 was not measured, so `train.autocast` stays `none` by default.", ""]
+    pooled = [r for r in f["rows"] if len(r["sites"]) > 1]
+    cells = "; ".join(
+        f"{r['task'].upper()} {r['rule']} {100 * r['difference']:+.1f} pp [{100 * r['low']:+.1f}, "
+        f"{100 * r['high']:+.1f}] ({r['verdict']})"
+        for r in pooled
+    )
+    secs = f["train_seconds"]
+    return [
+        f"**F1 effect** ({f['created_utc']}, {f['machine']}): a centralized adapter trained 30 steps in fp32 and "
+        f"under bf16 autocast, same seed and data, scored in fp32 on the same {pooled[0]['n_docs']} documents "
+        f"(48 sentences per site, 4 sites), paired bootstrap bf16 − fp32: {cells}. Training took "
+        f"{secs['bf16_autocast']:.0f} s against {secs['fp32']:.0f} s "
+        f"({secs['fp32'] / secs['bf16_autocast']:.2f}×; two runs on different days, same machine). One adapter "
+        "only: `train.autocast` stays `none` by default (`bench/results/train_autocast_f1.json`).",
+        "",
+    ]
+
+
+def autocast_section(d: dict[str, Any], f1: dict[str, Any] | None = None) -> list[str]:
     rows = [[r["autocast"], r["median_step_s"], r["final_loss"], r["mean_loss"]] for r in d["rows"]]
     return [
         "## Training under bf16 autocast (CPU)",
@@ -362,9 +385,9 @@ def autocast_section(d: dict[str, Any]) -> list[str]:
         markdown_table(["autocast", "median step (s)", "final step loss", "mean loss"], rows),
         "",
         f"bf16 autocast: **{d['speedup_bf16']:.2f}×** faster steps; the two trained adapters differ by at most "
-        f"{d['max_abs_adapter_diff']:.3g} in any weight. F1 was not measured, so `train.autocast` stays `none` "
-        "by default.",
+        f"{d['max_abs_adapter_diff']:.3g} in any weight.",
         "",
+        *autocast_f1_lines(f1),
     ]
 
 
@@ -609,7 +632,7 @@ def render() -> str:
         lines += [*decode_section(d), DECODE_NOTES, ""]
     d = _load("train_autocast")
     if d is not None:
-        lines += autocast_section(d)
+        lines += autocast_section(d, _load("train_autocast_f1"))
     d = _load("dp_step")
     if d is not None:
         lines += dp_section(d)
