@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmedlora.intervals import compare_evaluations, evaluation_intervals
-from fedmedlora.metrics import Evaluation
+from fedmedlora.metrics import pooled
 from fedmedlora.reports import paired_markdown
 from fedmedlora.runs import federated_row_dir
 
@@ -41,8 +41,9 @@ STUDY = re.compile(r"^study-n(\d+)-a([^-]+)(?:-(fixedT|size))?$")
 #: the Fed-MedLoRA+ row of a variant study folder (``study-<tag>-fixedT``: T = 1; ``-size``: loss weight x size)
 VARIANTS = {"fixedT": "Fed-MedLoRA+ (T = 1)", "size": "Fed-MedLoRA+ (× size)"}
 FEDERATED = ("Fed-MedLoRA", "Fed-MedLoRA+", *VARIANTS.values(), "FedSA-LoRA", "FFA-LoRA", "RoLoRA")
-#: row folder -> row name, for the rows a study writes under a folder name of their own (``fedsa-lora``)
-FOLDERS = {federated_row_dir(name): name for name in FEDERATED}
+#: row folder -> row name, for the rows a study writes under a folder name of their own (``fedsa-lora``; a variant
+#: is the ``Fed-MedLoRA+`` row of its own study folder)
+FOLDERS = {federated_row_dir(name): name for name in FEDERATED if name not in VARIANTS.values()}
 
 
 def _json(path: Path) -> Any:
@@ -166,14 +167,13 @@ def paired(parts: list[dict[str, Any]]) -> str:
 def _pooled(results: dict[str, Any], sites: list[str]) -> dict[str, Any]:
     """The in-domain sites of one evaluation as one pseudo-site (summed metrics, every document), so that two
     partitions of the same test documents can be compared document by document."""
-    ev, docs = Evaluation(), {}
+    docs = {}
     for s in sites:
-        ev += Evaluation.from_dict(results[s]["metrics"])
         for doc, counts in results[s]["documents"].items():
             if doc in docs:
                 raise ValueError(f"document {doc!r} is in two sites of one partition")
             docs[doc] = counts
-    return {"in-domain": {"metrics": ev.to_dict(), "documents": docs}}
+    return {"in-domain": {"metrics": pooled(results, sites).to_dict(), "documents": docs}}
 
 
 def across(parts: list[dict[str, Any]]) -> str:
@@ -246,11 +246,12 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         names = [("Fed-MedLoRA", "size (Fed-MedLoRA)"), ("Fed-MedLoRA+ (T = 1)", "Fed-MedLoRA+, T = 1"),
                  ("Fed-MedLoRA+", "Fed-MedLoRA+, data-chosen T"),
                  ("Fed-MedLoRA+ (× size)", "Fed-MedLoRA+, data-chosen T × size")]  # fmt: skip
-        shown = [(m, lab) for m, lab in names if m in p["rows"] and _last_round(p["rows"][m]["folder"])]
+        logged = {m: _weighted_rounds(p["rows"][m]["folder"]) for m, _ in names if m in p["rows"]}
+        shown = [(m, lab) for m, lab in names if logged.get(m)]
         sites = p["sites"]
         width = 0.8 / max(len(shown), 1)
         for k, (m, lab) in enumerate(shown):
-            w = _last_round(p["rows"][m]["folder"])["weights"]
+            w = logged[m][-1]["weights"]
             ax.bar([i + k * width for i in range(len(sites))], [w.get(s, math.nan) for s in sites], width, label=lab)
         ax.set_xticks([i + width * (len(shown) - 1) / 2 for i in range(len(sites))])
         docs = p.get("train_docs", {})
@@ -267,7 +268,7 @@ def plots(parts: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         # per round: one panel per weighting rule, one line per site (same colour in every panel)
         fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), sharey=True, squeeze=False)
         for ax, (m, lab) in zip(axes[0], shown, strict=True):
-            rounds = _weighted_rounds(p["rows"][m]["folder"])
+            rounds = logged[m]
             for i, s in enumerate(sites):
                 ax.plot([r["round"] for r in rounds], [r["weights"].get(s, math.nan) for r in rounds], "o-",
                         color=f"C{i % 10}", label=s, lw=1)  # fmt: skip

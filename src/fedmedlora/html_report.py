@@ -41,7 +41,7 @@ from fedmedlora.config import ConfigError, RunConfig, load_config
 from fedmedlora.extract import extract_sentences
 from fedmedlora.intervals import group_intervals, site_results
 from fedmedlora.jsonl import iter_json_lines
-from fedmedlora.metrics import Evaluation
+from fedmedlora.metrics import Evaluation, pooled
 from fedmedlora.prompts import Prompt
 from fedmedlora.reports import COLUMNS, plot_rounds
 from fedmedlora.runs import (
@@ -347,10 +347,7 @@ def type_tables(rows: Sequence[Row]) -> list[dict[str, Any]]:
     evs = {}
     for row in rows:
         if row.results:
-            ev = Evaluation()
-            for r in site_results(row.results).values():
-                ev += Evaluation.from_dict(r["metrics"])
-            evs[row.name] = ev
+            evs[row.name] = pooled(site_results(row.results))
     out = []
     for task, vocab in (("ner", ENTITY_TYPES), ("re", MODIFIER_TYPES)):
         types = [t for t in vocab if any((task, "strict", t) in ev.counts for ev in evs.values())]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmedlora.metrics import Evaluation, score_sentences
+from fedmedlora.metrics import pooled, score_sentences
 from fedmedlora.schema import LabelSet, Sentence
 
 #: The rules that get intervals (the paper's two).
@@ -325,9 +325,7 @@ def verdict(iv: Interval | None) -> str | None:
 
 def _pooled_f1(results: Mapping[str, Mapping[str, Any]], sites: Sequence[str], task: str, rule: str) -> float | None:
     """Micro F1 of ``task``/``rule`` from the summed counts of ``sites`` (None: the task was not scored there)."""
-    ev = Evaluation()
-    for s in sites:
-        ev += Evaluation.from_dict(results[s]["metrics"])
+    ev = pooled(results, sites)
     return ev.get(task, rule).f1 if ev.n_instances.get(task, 0) > 0 else None
 
 

@@ -378,6 +378,15 @@ def _sort_key(k: Key) -> tuple:
     )
 
 
+def pooled(results: Mapping[str, Mapping[str, Any]], sites: Iterable[str] | None = None) -> Evaluation:
+    """The evaluation of ``sites`` (default: every site of ``results``) pooled: each site's serialised metrics
+    (``results[site]["metrics"]``, an ``Evaluation.to_dict``) summed, scores recomputed from the summed counts."""
+    ev = Evaluation()
+    for s in results if sites is None else sites:
+        ev += Evaluation.from_dict(results[s]["metrics"])
+    return ev
+
+
 def combine(per_site: Mapping[str, Evaluation], total: str = "all") -> dict[str, Evaluation]:
     """Per-site evaluations plus their sum under ``total`` (counts summed, scores recomputed)."""
     out = dict(per_site)

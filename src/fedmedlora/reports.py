@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmedlora.intervals import OVERALL, flat_intervals, site_results
-from fedmedlora.metrics import Evaluation, combine
+from fedmedlora.metrics import Evaluation, combine, pooled
 
 
 def _f(x: float | None) -> str:
@@ -118,10 +118,7 @@ def comparison_rows(models: Mapping[str, Mapping[str, Mapping[str, Any]]], group
             present = [s for s in sites if s in results]
             if not present:
                 continue
-            ev = Evaluation()
-            for s in present:
-                ev += Evaluation.from_dict(results[s]["metrics"])
-            rows.append((model, group, headline(ev)))
+            rows.append((model, group, headline(pooled(results, present))))
     return rows
 
 
@@ -272,10 +269,7 @@ def unseen_site_rows(
         scores = {}
         for m in [model, *compare]:
             if m in models and all(s in models[m] for s in unseen):
-                ev = Evaluation()
-                for s in unseen:
-                    ev += Evaluation.from_dict(models[m][s]["metrics"])
-                scores[m] = headline(ev)
+                scores[m] = headline(pooled(models[m], unseen))
         out.append({"model": model, "trained_on": site, "unseen": unseen, "scores": scores})
     return out
 

@@ -16,6 +16,7 @@ from fedmedlora.metrics import (
     count_relations,
     count_spans,
     mask_relations,
+    pooled,
     relations_for_head,
     relations_from_sentence,
 )
@@ -281,3 +282,11 @@ def test_markdown_and_combine() -> None:
         "| ner | strict | drug | 0.0000 | 0.0000 | 0.0000 | 0 | 1 | 1 |"
     )
     assert "| re | text_mismatch | 1 |" in md
+
+
+def test_pooled_sums_the_serialised_metrics_of_the_chosen_sites() -> None:
+    a, b = _two_evals()
+    results = {"siteA": {"metrics": a.to_dict()}, "siteB": {"metrics": b.to_dict()}}
+    assert pooled(results) == a + b  # default: every site
+    assert pooled(results, ["siteB"]) == b
+    assert pooled(results, []) == Evaluation()
