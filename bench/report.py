@@ -361,9 +361,10 @@ def autocast_f1_lines(f: dict[str, Any] | None) -> list[str]:
     )
     secs = f["train_seconds"]
     return [
-        f"**F1 effect** ({f['created_utc']}, {f['machine']}): a centralized adapter trained 30 steps in fp32 and "
-        f"under bf16 autocast, same seed and data, scored in fp32 on the same {pooled[0]['n_docs']} documents "
-        f"(48 sentences per site, 4 sites), paired bootstrap bf16 − fp32: {cells}. Training took "
+        f"**F1 effect** ({f['created_utc']}, {f['machine']}): a centralized adapter trained {f['train_steps']} steps "
+        f"in fp32 and under bf16 autocast, same seed and data, scored in fp32 on the same {pooled[0]['n_docs']} "
+        f"documents ({f['sentences_per_site']} sentences per site, {len(pooled[0]['sites'])} sites), paired "
+        f"bootstrap bf16 − fp32: {cells}. Training took "
         f"{secs['bf16_autocast']:.0f} s against {secs['fp32']:.0f} s "
         f"({secs['fp32'] / secs['bf16_autocast']:.2f}×; two runs on different days, same machine). One adapter "
         "only: `train.autocast` stays `none` by default (`bench/results/train_autocast_f1.json`).",
