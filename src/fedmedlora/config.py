@@ -128,6 +128,12 @@ class TrainConfig(_Section):
         description="Run forward/backward under torch.autocast(bfloat16); LoRA weights and optimiser stay fp32. "
         "Off by default: bench/train_autocast.py measures its step-time ratio on your CPU first.",
     )
+    prefix_sharing: bool = Field(
+        True,
+        description="Train each micro-batch as one sequence in which the rows' common prompt prefixes appear once "
+        "(a tree attention mask; fedmedlora.lm.packing): the padded batch's loss and gradients up to float "
+        "rounding, with fewer positions to compute. Needs sdpa or eager attention; DP-SGD keeps padded batches.",
+    )
     dp: DPSGDConfig = Field(default_factory=DPSGDConfig, description="Record-level DP-SGD (off by default).")
 
 

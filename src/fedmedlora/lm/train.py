@@ -13,7 +13,9 @@ How an example becomes a training sequence:
 * ``loss_on="answer"`` (default) masks every prompt position with -100; ``"all"`` supervises prompt and answer
   (the reference code's behaviour). Padding positions are always -100. Masks are built from lengths, never by
   comparing ids with ``pad_token_id`` (pad may equal EOS).
-* Batches are right-padded to their longest sequence.
+* Batches are right-padded to their longest sequence; with ``prefix_sharing`` (default) a micro-batch is instead packed
+  as one prefix tree (``fedmedlora.lm.packing``: same loss and gradients up to rounding, shared prefixes computed
+  once).
 * **Truncation keeps the whole answer**: a sequence longer than ``max_length`` loses tokens from the *left of the
   prompt* (the instructions' start; the sentence and the generation prompt sit at its end). If the answer + EOS
   alone does not fit in ``max_length - 1`` tokens the example is skipped. Both cases are counted in
@@ -47,11 +49,10 @@ from fedmedlora.config import RunConfig, TrainConfig
 from fedmedlora.lm.adapter_io import get_adapter_arrays, set_adapter_arrays
 from fedmedlora.lm.dp import DPReport, check_budget, dpsgd_steps, plan_dpsgd
 from fedmedlora.lm.model import encode_prompt, encode_target, model_device
+from fedmedlora.lm.packing import IGNORE_INDEX, PackedBatch, attention_kind, pack_shared_prefixes, packed_loss
 from fedmedlora.privacy import LedgerEntry, PrivacyError, PrivacyLedger, record_ids
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class PromptTarget(Protocol):
@@ -239,6 +240,13 @@ def collate(batch: Sequence[EncodedExample], pad_id: int, loss_on: Literal["answ
         labels[row, :n] = torch.tensor(labels_for(ex, loss_on), dtype=torch.long)
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _pack(rows: Sequence[EncodedExample], loss_on: Literal["answer", "all"]) -> PackedBatch | None:
+    """The micro-batch as a prefix tree (``fedmedlora.lm.packing``); ``None`` when no row has a supervised token
+    (the padded path then gives Hugging Face's loss for that case)."""
+    packed = pack_shared_prefixes([ex.input_ids for ex in rows], [labels_for(ex, loss_on) for ex in rows])
+    return packed if packed.targets.numel() else None
 
 
 def _micro_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
@@ -454,6 +462,7 @@ def train_local(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     batches = _micro_batches(len(data.examples), settings.batch_size, generator)
+    attention = attention_kind(model) if settings.prefix_sharing else None
     losses: list[float] = []
     step_seconds: list[float] = []
     seen_tokens = input_tokens = 0
@@ -466,14 +475,21 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(settings.grad_accum):
-                batch = collate([data.examples[i] for i in next(batches)], pad_id, settings.loss_on)
-                batch = {k: v.to(device) for k, v in batch.items()}
+                rows = [data.examples[i] for i in next(batches)]
+                packed = _pack(rows, settings.loss_on) if attention is not None else None
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast == "bf16"):
-                    out = model(**batch, use_cache=False)  # HF shifts labels and averages over labels != -100
-                (out.loss / settings.grad_accum).backward()
-                step_loss += out.loss.item() / settings.grad_accum
-                seen_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                input_tokens += int(batch["attention_mask"].sum())
+                    if packed is not None:
+                        loss = packed_loss(model, packed, attention, device)
+                        seen, seen_inputs = packed.targets.numel(), packed.num_row_tokens
+                    else:
+                        batch = {k: v.to(device) for k, v in collate(rows, pad_id, settings.loss_on).items()}
+                        loss = model(**batch, use_cache=False).loss  # HF shifts labels, averages over labels != -100
+                        seen = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                        seen_inputs = int(batch["attention_mask"].sum())
+                (loss / settings.grad_accum).backward()
+                step_loss += loss.item() / settings.grad_accum
+                seen_tokens += seen
+                input_tokens += seen_inputs
             if settings.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
@@ -601,9 +617,16 @@ def validation_loss(
     model.eval()
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    attention = attention_kind(model) if settings.prefix_sharing else None
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(data.examples), settings.batch_size):
-        batch = collate(data.examples[start : start + settings.batch_size], pad_id, "answer")
+        rows = data.examples[start : start + settings.batch_size]
+        packed = _pack(rows, "answer") if attention is not None else None
+        if packed is not None:
+            total_loss += packed_loss(model, packed, attention, device, reduction="sum").item()
+            total_tokens += packed.targets.numel()
+            continue
+        batch = collate(rows, pad_id, "answer")
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         shift_logits = logits[:, :-1].float()
