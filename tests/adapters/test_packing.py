@@ -153,3 +153,14 @@ def test_validation_loss_with_and_without_prefix_sharing_agree(tiny_model_dir):
     shared = validation_loss(model, tok, SHARED, settings)
     padded = validation_loss(model, tok, SHARED, settings.model_copy(update={"prefix_sharing": False}))
     assert shared == pytest.approx(padded, rel=1e-5)
+
+
+def test_large_batches_without_shared_prefixes_stay_padded():
+    from fedmedlora.lm.train import EncodedExample, _pack
+
+    distinct = [EncodedExample([100 + i] + [i] * 9, 5) for i in range(8)]  # nothing shared: L = 8 x 10
+    assert _pack(distinct[:4], "answer") is not None  # 40² <= 4 x 4 x 10²
+    assert _pack(distinct, "answer") is None  # 80² > 4 x 8 x 10²
+    shared = [EncodedExample([7] * 9 + [i], 5) for i in range(8)]  # one prefix: L = 9 + 8
+    assert _pack(shared, "answer").length == 17
+    assert _pack([EncodedExample([1, 2, 3], 3)], "answer") is None  # no supervised token

@@ -242,10 +242,19 @@ def collate(batch: Sequence[EncodedExample], pad_id: int, loss_on: Literal["answ
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+#: A packed micro-batch attends over one (L, L) mask; beyond this multiple of the padded batch's attention size
+#: (rows × width²) the padded batch is used (little sharing in a large batch would cost more than it saves).
+MAX_PACKED_ATTENTION_RATIO = 4
+
+
 def _pack(rows: Sequence[EncodedExample], loss_on: Literal["answer", "all"]) -> PackedBatch | None:
-    """The micro-batch as a prefix tree (``fedmedlora.lm.packing``); ``None`` when no row has a supervised token
-    (the padded path then gives Hugging Face's loss for that case)."""
+    """The micro-batch as a prefix tree (``fedmedlora.lm.packing``); ``None`` (use the padded batch) when no row
+    has a supervised token (the padded path then gives Hugging Face's loss for that case) or when the packed
+    attention would exceed ``MAX_PACKED_ATTENTION_RATIO`` × the padded batch's."""
     packed = pack_shared_prefixes([ex.input_ids for ex in rows], [labels_for(ex, loss_on) for ex in rows])
+    width = max(len(ex.input_ids) for ex in rows)
+    if packed.length**2 > MAX_PACKED_ATTENTION_RATIO * len(rows) * width**2:
+        return None
     return packed if packed.targets.numel() else None
 
 
