@@ -392,14 +392,19 @@ def autocast_section(d: dict[str, Any], f1: dict[str, Any] | None = None) -> lis
     ]
 
 
-PREFIX_SHARING_HEADERS = ["site", "padded step (s)", "shared step (s)", "speed-up", "padded positions",
-                          "tree positions", "max step-loss diff", "max adapter diff"]  # fmt: skip
+#: (result key, column header) of the prefix-sharing table.
+PREFIX_SHARING_COLUMNS = [
+    ("site", "site"), ("padded_step_s", "padded step (s)"), ("shared_step_s", "shared step (s)"),
+    ("speedup", "speed-up"), ("padded_positions", "padded positions"), ("shared_positions", "tree positions"),
+    ("max_step_loss_diff", "max step-loss diff"), ("max_adapter_diff", "max adapter diff"),
+]  # fmt: skip
 
 
 def prefix_sharing_section(d: dict[str, Any]) -> list[str]:
-    cols = ["site", "padded_step_s", "shared_step_s", "speedup", "padded_positions", "shared_positions",
-            "max_step_loss_diff", "max_adapter_diff"]  # fmt: skip
-    rows = [[r[c] if not isinstance(r[c], float) or r[c] >= 0.01 else f"{r[c]:.2g}" for c in cols] for r in d["rows"]]
+    def fmt(x: Any) -> Any:
+        return f"{x:.2g}" if isinstance(x, float) and x < 0.01 else x
+
+    rows = [[fmt(r[key]) for key, _ in PREFIX_SHARING_COLUMNS] for r in d["rows"]]
     return [
         "## Training with prefix-shared micro-batches",
         "",
@@ -411,7 +416,7 @@ def prefix_sharing_section(d: dict[str, Any]) -> list[str]:
         "supervised positions through the LM head), same initial adapter, data and seed, runs alternating. "
         "Positions: tokens computed per step (padded batch against tree), mean over the steps.",
         "",
-        markdown_table(PREFIX_SHARING_HEADERS, rows),
+        markdown_table([head for _, head in PREFIX_SHARING_COLUMNS], rows),
         "",
         f"Over the {len(d['rows'])} sites' median steps: **{d['speedup']:.2f}×** faster. The step losses agree to "
         f"{max(r['max_step_loss_diff'] for r in d['rows']):.1g} (the loss is the same mean over the same supervised "

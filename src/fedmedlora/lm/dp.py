@@ -37,9 +37,8 @@ from typing import Any
 import torch
 
 from fedmedlora.config import DPSGDConfig
+from fedmedlora.lm.packing import IGNORE_INDEX
 from fedmedlora.privacy import PrivacyBudgetExceeded, PrivacyError, PrivacyLedger
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
