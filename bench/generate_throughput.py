@@ -15,6 +15,10 @@ parameters FLOPs a generated token needs = the tokens/s no decoder can beat on t
 constrained decoding (``eval.constrained``): its F1 and share of answers with a parse failure next to the
 unconstrained ones.
 
+``--unpacked`` also times the new decoder without packed weights (``eval.packed_weights=false``: the decoder
+before ``fedmedlora.lm.prepack``) and its agreement with the packed one; ``--old-batch-size 8`` also times plain
+``model.generate`` at the batch size the demo evaluated with when issue 12 was filed.
+
 Nothing is asserted. Usage::
 
     python bench/generate_throughput.py                       # ~15 min on 2 cores
@@ -105,6 +109,7 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
     tok = session.tokenizer
     session.set_arrays(arrays)
     kw = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
+    extra: dict[str, Any] = {}
     with session.merged():
         t0 = time.perf_counter()
         plain_ids = generate_hf(session.model, tok, prompts, return_ids=True, **kw)
@@ -112,6 +117,22 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
         t0 = time.perf_counter()
         fast = generate(session.model, tok, prompts, progress=False, **kw)
         t_fast = time.perf_counter() - t0
+        if args.unpacked:
+            t0 = time.perf_counter()
+            unpacked = generate(session.model, tok, prompts, progress=False, packed_weights=False, **kw)
+            t_unpacked = time.perf_counter() - t0
+            extra["unpacked_s"] = round(t_unpacked, 1)
+            extra["packed_speedup_over_unpacked"] = round(t_unpacked / t_fast, 2)
+            extra["packed_identical_to_unpacked"] = round(
+                sum(a == b for a, b in zip(fast, unpacked, strict=True)) / len(prompts), 4
+            )
+        if args.old_batch_size:
+            old_kw = {**kw, "batch_size": args.old_batch_size}
+            t0 = time.perf_counter()
+            generate_hf(session.model, tok, prompts, **old_kw)
+            t_old = time.perf_counter() - t0
+            extra["plain_old_batch_s"] = round(t_old, 1)
+            extra["speedup_over_old_batch"] = round(t_old / t_fast, 2)
 
     def decode(ids: list[int]) -> str:
         return tok.decode(ids, skip_special_tokens=True)
@@ -139,6 +160,7 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
         "f1_plain": _score(items, dict(zip(prompts, plain, strict=True)), cfg),
         "f1_fast": _score(items, dict(zip(prompts, fast, strict=True)), cfg),
         "parse_failure_rate_fast": _failure_rate(prompts, fast),
+        **extra,
     }
     if args.constrained:
         with session.merged():
@@ -173,6 +195,14 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--constrained", action="store_true", help="also decode with eval.constrained (F1, failures)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
+    ap.add_argument(
+        "--unpacked",
+        action="store_true",
+        help="also time the new decoder without packed weights (eval.packed_weights=false)",
+    )
+    ap.add_argument("--old-batch-size", type=int, default=0,
+                    help="also time plain model.generate at this batch size (8: the demo preset when issue 12 was "
+                    "filed, commit 860dd14)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -202,6 +232,10 @@ def main() -> None:
             "identical_to_cut_plain", "identical_to_raw_plain", "same_parsed_spans", "f1_plain", "f1_fast"]  # fmt: skip
     if args.dtype == "bfloat16":
         cols += ["bf16_speedup_vs_fast_fp32", "bf16_identical_to_fast_fp32", "f1_bf16"]
+    if args.unpacked:
+        cols += ["unpacked_s", "packed_speedup_over_unpacked", "packed_identical_to_unpacked"]
+    if args.old_batch_size:
+        cols += ["plain_old_batch_s", "speedup_over_old_batch"]
     cols.append("parse_failure_rate_fast")
     if args.constrained:
         cols += ["f1_constrained", "parse_failure_rate_constrained"]

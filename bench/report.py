@@ -277,6 +277,12 @@ def generate_section(d: dict[str, Any]) -> list[str]:
         cols += ["bf16 speed-up over new fp32", "bf16 identical to fp32", "F1 bf16"]
     if con:
         cols += ["parse-failure share new", "F1 constrained", "parse-failure share constrained"]
+    packed = "packed_identical_to_unpacked" in (d["rows"][0] if d["rows"] else {})
+    old_batch = d["args"].get("old_batch_size", "0")
+    if packed:
+        cols += ["new without packed weights s", "packed speed-up", "packed identical to unpacked"]
+    if old_batch != "0":
+        cols += [f"plain at batch {old_batch} s", f"speed-up over plain at batch {old_batch}"]
 
     def f1(x: dict[str, float]) -> str:
         return " / ".join(f"{v:.1f}" for v in x.values())
@@ -293,6 +299,11 @@ def generate_section(d: dict[str, Any]) -> list[str]:
         if con:
             row += [f"{100 * r['parse_failure_rate_fast']:.1f} %", f1(r["f1_constrained"]),
                     f"{100 * r['parse_failure_rate_constrained']:.1f} %"]  # fmt: skip
+        if packed:
+            row += [r["unpacked_s"], f"{r['packed_speedup_over_unpacked']:.2f}×",
+                    f"{100 * r['packed_identical_to_unpacked']:.1f} %"]  # fmt: skip
+        if old_batch != "0":
+            row += [r["plain_old_batch_s"], f"{r['speedup_over_old_batch']:.2f}×"]
         rows.append(row)
     bound = d["compute_bound"]
     return [
@@ -303,8 +314,9 @@ def generate_section(d: dict[str, Any]) -> list[str]:
         f"`bench/generate_throughput.py {_cli_args(d['args'])}`: "
         "the demo preset's evaluation prompts (JSON, NER + RE with gold heads) of seeded test sentences of all four "
         "sites, decoded by plain `model.generate` (longest-first batches, EOS only) and by `lm.generate.generate` "
-        "(continuous batching, shared-prefix KV cache, early stop) with the same batch size and token limit, "
-        "adapter merged, one after the other in one process.",
+        "(continuous batching, shared-prefix KV cache, early stop"
+        + (", linear layers on oneDNN with packed weights" if packed else "")
+        + ") with the same batch size and token limit, adapter merged, one after the other in one process.",
         "",
         markdown_table(cols, rows),
         "",

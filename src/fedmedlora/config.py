@@ -269,6 +269,12 @@ class EvalConfig(_Section):
     prefix_cache: bool = Field(
         True, description="Compute the shared instruction prefix of a site's prompts once (identical answers)."
     )
+    packed_weights: bool = Field(
+        True,
+        description="CPU, fp32: run the linear layers through oneDNN with their weights packed once per "
+        "generation call (faster decoding steps; one more copy of the weights while generating; answers equal "
+        "the unpacked ones up to last-bit ties, docs/performance.md). Ignored on GPUs and in other dtypes.",
+    )
     constrained: bool | Literal["auto"] = Field(
         "auto",
         description="Constrained decoding (JSON format only): answers always parse and every span is copied "

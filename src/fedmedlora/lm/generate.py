@@ -36,6 +36,7 @@ import torch
 
 from fedmedlora import progress as progress_events
 from fedmedlora.lm.model import encode_prompt, eos_token_ids, model_device
+from fedmedlora.lm.prepack import packed_linears
 from fedmedlora.stopping import StopRule
 
 #: Groups whose common prefix is shorter than this are decoded without a prefix cache (nothing to save).
@@ -186,6 +187,7 @@ def generate(
     early_stop: bool = True,
     prefix_cache: bool = True,
     constraint: Callable[[str], RowConstraint | None] | None = None,
+    packed_weights: bool = True,
 ) -> list[str]:
     """Greedy-decode an answer for every prompt.
 
@@ -205,6 +207,8 @@ def generate(
         early_stop: end a row as soon as its answer is complete (``stopping.answer_complete``).
         prefix_cache: compute each group's shared prefix once (off: every row runs its whole prompt).
         constraint: prompt → a ``RowConstraint`` (or ``None`` for an unconstrained row).
+        packed_weights: on a CPU in fp32, run the linear layers through oneDNN with their weights packed once for
+            this call (``fedmedlora.lm.prepack``; ignored elsewhere).
 
     Returns:
         The generated text of each prompt (new tokens only, up to but excluding EOS, special tokens removed).
@@ -232,7 +236,7 @@ def generate(
     done = 0
     progress_events.step(progress_events.GENERATING, done, len(prompts))
     try:
-        with _eval_mode(model):
+        with _eval_mode(model), packed_linears(model, enabled=packed_weights):
             for row in _decode(model, tokenizer, prefixes, rows, batch_size, max_new_tokens, stop, pad_id, device):
                 outputs[row.index] = row.answer()
                 bar.update(1)

@@ -86,6 +86,7 @@ class Session:
                     early_stop=cfg.eval.early_stop,
                     stop_on_repetition=cfg.eval.stop_on_repetition,
                     prefix_cache=cfg.eval.prefix_cache,
+                    packed_weights=cfg.eval.packed_weights,
                     constraint=constraint_for(self.tokenizer) if self.uses_constraint(cfg) else None,
                 )
 

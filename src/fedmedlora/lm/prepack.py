@@ -1,0 +1,100 @@
+"""Linear layers through oneDNN with their weights packed once, for fast greedy decoding on a CPU.
+
+Owns: ``packed_linears`` (a context manager) and ``can_pack``.
+
+Why: a decoding step multiplies a few rows (the batch) by every weight matrix of the model. PyTorch's default CPU
+``linear`` calls MKL's ``sgemm``, which re-packs the weight matrix on every call; with 8–32 rows the packing costs
+as much as the product, and on AMD CPUs MKL also takes a slower code path. oneDNN (MKL-DNN, shipped in every CPU
+wheel of PyTorch) can pack a weight once into its blocked layout and reuse it: the linear layers of SmolLM2 run
+~1.5–2× faster per decoding step on the 2-core machines here (``bench/decode_alternatives.py``). This is the
+weight-prepacking that ``torch.compile``'s CPU backend does under ``freezing``, applied without compiling.
+
+The packed copy is made when the block is entered (after ``Session.merged`` folded the adapter in) and dropped when
+it is left: it costs one more copy of the linear weights in memory while generating, and nothing outside the block
+changes. Only fp32 ``nn.Linear`` layers on the CPU are packed, not PEFT's rank-r ``lora_A``/``lora_B`` factors;
+any other call (another dtype, autocast, a GPU tensor, grad enabled) falls through to the layer's own ``forward``.
+oneDNN sums in a different order than MKL, so a result can differ in the last bits (~1e-6 relative): greedy
+answers equal the unpacked ones except where two tokens' logits tie to that precision (measured in
+``bench/generate_throughput.py``).
+
+This is an adapter module: it imports torch. It must not import flwr or the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+#: Rows the packed layout is tuned for (oneDNN accepts any number; this is a hint for its blocking).
+_ROWS_HINT = 32
+
+
+def can_pack() -> bool:
+    """Whether this PyTorch build can run linear layers through oneDNN with packed weights."""
+    ops = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
+
+
+def _packable(module: torch.nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (
+        isinstance(module, torch.nn.Linear)
+        and isinstance(weight, torch.Tensor)
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and weight.dim() == 2
+        and weight.layout == torch.strided
+    )
+
+
+def _is_lora_factor(name: str) -> bool:
+    """A PEFT LoRA factor (``lora_A``/``lora_B``): rank-r matrices, unused while merged; nothing to gain."""
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _packed_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    weight = module.weight.detach()
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
+    bias = None if module.bias is None else module.bias.detach()
+    plain = type(module).forward.__get__(module)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() == 0:
+            return plain(x)
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+
+    return forward
+
+
+@contextmanager
+def packed_linears(model: Any, enabled: bool = True) -> Iterator[int]:
+    """Within the block, every fp32 CPU ``nn.Linear`` of ``model`` runs through oneDNN with its weight packed once.
+
+    Yields the number of layers packed (0 when disabled, on a GPU, in another dtype, or without oneDNN). The
+    weights must not change inside the block (the packed copies would not see it); gradients are not supported
+    (with grad enabled a layer runs its own ``forward``).
+    """
+    if not enabled or not can_pack() or not isinstance(model, torch.nn.Module):
+        yield 0
+        return
+    patched: list[torch.nn.Module] = []
+    try:
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if _packable(module) and "forward" not in module.__dict__ and not _is_lora_factor(name):
+                    module.forward = _packed_forward(module)  # type: ignore[method-assign]
+                    patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
+__all__ = ["can_pack", "packed_linears"]
