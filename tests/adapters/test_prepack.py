@@ -54,6 +54,19 @@ def test_packed_block_falls_through_with_grad_or_another_dtype(tiny):
         assert n == 0  # only fp32 weights are packed
 
 
+def test_no_packing_when_the_copy_would_not_fit(tiny, monkeypatch):
+    import psutil
+
+    model, _ = tiny
+    with packed_linears(model) as n:
+        assert n > 0
+    free = type("Mem", (), {"available": 1024})()  # 1 kB available: the tiny model's weights do not fit twice
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: free)
+    with packed_linears(model) as n:
+        assert n == 0
+        assert not any("forward" in m.__dict__ for m in _linears(model))
+
+
 def test_generate_with_packed_weights_answers_like_without(tiny):
     model, tok = tiny
     model = attach_lora(model, LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), seed=0)

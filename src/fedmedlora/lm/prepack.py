@@ -5,9 +5,9 @@ Owns: ``packed_linears`` (a context manager) and ``can_pack``.
 Why: a decoding step multiplies a few rows (the batch) by every weight matrix of the model. PyTorch's default CPU
 ``linear`` calls MKL's ``sgemm``, which re-packs the weight matrix on every call; with 8–32 rows the packing costs
 as much as the product, and on AMD CPUs MKL also takes a slower code path. oneDNN (MKL-DNN, shipped in every CPU
-wheel of PyTorch) can pack a weight once into its blocked layout and reuse it: the linear layers of SmolLM2 run
-~1.5–2× faster per decoding step on the 2-core machines here (``bench/decode_alternatives.py``). This is the
-weight-prepacking that ``torch.compile``'s CPU backend does under ``freezing``, applied without compiling.
+wheel of PyTorch) can pack a weight once into its blocked layout and reuse it: SmolLM2's decoder got 1.31–1.34×
+faster end to end on a 2-core AMD EPYC (``bench/generate_throughput.py --unpacked``, docs/performance.md). This is
+the weight-prepacking that ``torch.compile``'s CPU backend does under ``freezing``, applied without compiling.
 
 The packed copy is made when the block is entered (after ``Session.merged`` folded the adapter in) and dropped when
 it is left: it costs one more copy of the linear weights in memory while generating, and nothing outside the block
@@ -46,6 +46,7 @@ def _packable(module: torch.nn.Module) -> bool:
     weight = getattr(module, "weight", None)
     return (
         isinstance(module, torch.nn.Linear)
+        and type(module).forward is torch.nn.Linear.forward  # not a subclass with its own maths (e.g. quantised)
         and isinstance(weight, torch.Tensor)
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
@@ -73,24 +74,37 @@ def _packed_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.T
     return forward
 
 
+def _fits(nbytes: int) -> bool:
+    """Whether a copy of ``nbytes`` leaves at least as much memory available again (a 135M model's copy is 0.5 GB;
+    an 8B model's in fp32 is 32 GB, which a CPU machine may not have twice)."""
+    import psutil
+
+    return 2 * nbytes <= psutil.virtual_memory().available
+
+
 @contextmanager
 def packed_linears(model: Any, enabled: bool = True) -> Iterator[int]:
     """Within the block, every fp32 CPU ``nn.Linear`` of ``model`` runs through oneDNN with its weight packed once.
 
-    Yields the number of layers packed (0 when disabled, on a GPU, in another dtype, or without oneDNN). The
+    Yields the number of layers packed: 0 when disabled, on a GPU, in another dtype, without oneDNN, or when the
+    packed copy would not fit twice into the memory available now (then decoding runs unpacked, as before). The
     weights must not change inside the block (the packed copies would not see it); gradients are not supported
     (with grad enabled a layer runs its own ``forward``).
     """
     if not enabled or not can_pack() or not isinstance(model, torch.nn.Module):
         yield 0
         return
+    targets = [m for name, m in model.named_modules() if _packable(m) and not _is_lora_factor(name)]
+    targets = [m for m in targets if "forward" not in m.__dict__]
+    if not targets or not _fits(sum(m.weight.numel() * m.weight.element_size() for m in targets)):
+        yield 0
+        return
     patched: list[torch.nn.Module] = []
     try:
         with torch.no_grad():
-            for name, module in model.named_modules():
-                if _packable(module) and "forward" not in module.__dict__ and not _is_lora_factor(name):
-                    module.forward = _packed_forward(module)  # type: ignore[method-assign]
-                    patched.append(module)
+            for module in targets:
+                module.forward = _packed_forward(module)  # type: ignore[method-assign]
+                patched.append(module)
         yield len(patched)
     finally:
         for module in patched:
