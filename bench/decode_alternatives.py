@@ -14,9 +14,13 @@ with random prompt tokens (costs do not depend on the token values), one process
 3. **CTranslate2** (``ct2``, only when the ``ctranslate2`` package is installed; not a project dependency): the
    same model converted to a CTranslate2 generator (fp32), prefill and per-step time at the same batch sizes.
 
+``--packed`` also times each 1-token pass with the linear layers on oneDNN with packed weights
+(``fedmedlora.lm.prepack``, what ``eval.packed_weights`` does), next to the default PyTorch (MKL) path.
+
 Nothing is asserted. Usage::
 
     python bench/decode_alternatives.py --outputs runs/demo/centralized/eval/test_outputs.jsonl
+    python bench/decode_alternatives.py --q 1 --packed --no-ct2 --out bench/results/decode_packed.json
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import torch
 from _common import RESULTS_DIR, machine_info, machine_label, print_table, write_json
 from fedmedlora.config import load_config
 from fedmedlora.lm.model import encode_prompt, resolve_model_source
+from fedmedlora.lm.prepack import packed_linears
 from fedmedlora.lm.session import Session
 
 CONTEXT = 300  # cached tokens per row: a prompt (~264 tokens) plus part of its answer
@@ -136,6 +141,7 @@ def main() -> None:
     ap.add_argument("--draft", type=int, default=4, help="draft tokens per pass in the acceptance replay")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: usable cores)")
     ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 even when installed")
+    ap.add_argument("--packed", action="store_true", help="also time 1-token passes with packed weights")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "decode_alternatives.json")
     args = ap.parse_args()
     if args.threads:
@@ -150,9 +156,13 @@ def main() -> None:
         for b in batches:
             for q in qs:
                 s = forward_cost(model, b, q, args.reps)
-                rows.append(
-                    {"batch": b, "q": q, "pass_ms": round(s * 1e3, 1), "ms_per_row_pass": round(s * 1e3 / b, 2)}
-                )
+                row = {"batch": b, "q": q, "pass_ms": round(s * 1e3, 1), "ms_per_row_pass": round(s * 1e3 / b, 2)}
+                if args.packed and q == 1:
+                    with packed_linears(model) as n:
+                        if not n:
+                            raise SystemExit("--packed: this PyTorch build or machine cannot pack (no oneDNN/memory)")
+                        row["pass_ms_packed"] = round(forward_cost(model, b, q, args.reps) * 1e3, 1)
+                rows.append(row)
     result: dict[str, Any] = {"passes": rows, "context_tokens": CONTEXT}
     if args.outputs is not None:
         result["acceptance"] = {"outputs": str(args.outputs), "draft": args.draft,

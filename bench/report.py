@@ -333,6 +333,24 @@ def generate_section(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def packed_step_section(d: dict[str, Any]) -> list[str]:
+    rows = [[r["batch"], r["pass_ms"], r["pass_ms_packed"], f"{r['pass_ms'] / r['pass_ms_packed']:.2f}×"]
+            for r in d["passes"] if "pass_ms_packed" in r]  # fmt: skip
+    return [
+        "### One decoding step with packed weights",
+        "",
+        _machine(d),
+        "",
+        f"`bench/decode_alternatives.py {_cli_args(d['args'])}`: one forward pass of 1 new token per row for `batch` "
+        f"rows over a {d['context_tokens']}-token cache (SmolLM2, fp32, adapter merged, median of the repeats), with "
+        "PyTorch's default CPU linear layers (MKL) and inside `fedmedlora.lm.prepack.packed_linears` (oneDNN, "
+        "weights packed once).",
+        "",
+        markdown_table(["batch", "pass (ms), default", "pass (ms), packed weights", "speed-up"], rows),
+        "",
+    ]
+
+
 def decode_section(d: dict[str, Any]) -> list[str]:
     rows = [[r["batch"], r["q"], r["pass_ms"], r["ms_per_row_pass"]] for r in d["passes"]]
     out = [
@@ -705,6 +723,9 @@ def render() -> str:
     d = _load("generate_speedup")  # a run with --unpacked --old-batch-size 8 (packed weights, pre-issue baseline)
     if d is not None:
         lines += [*generate_section(d), SPEEDUP_NOTES, ""]
+    d = _load("decode_packed")  # bench/decode_alternatives.py --q 1 --packed --no-ct2
+    if d is not None:
+        lines += packed_step_section(d)
     for name in ("generate_throughput", "generate_throughput_bf16"):  # the second: a run with --dtype bfloat16
         d = _load(name)
         if d is not None:
