@@ -614,9 +614,10 @@ DECODE_NOTES = """Reading it (AMD EPYC, 2 threads, 2026-12-04; the issue asked f
 SPEEDUP_NOTES = """Reading it (AMD EPYC, 2 threads, 2026-12-05; batch 32 as in the demo preset; "given" is the demo
 study's Fed-MedLoRA adapter, `runs/demo/fed-medlora/adapters/final`):
 - **Packed weights.** PyTorch's CPU `linear` calls MKL's `sgemm`, which packs the weight matrix into its own
-  layout on every call; with 8–32 rows that packing costs about as much as the product (and MKL takes a slower
-  path on AMD CPUs). oneDNN, shipped in every PyTorch CPU wheel, can pack each weight once
-  (`torch.ops.mkldnn._reorder_linear_weight`, what `torch.compile` does under `freezing`).
+  layout on every call; with 8–32 rows that packing costs about as much as the product (measured on AMD, where
+  MKL is also known to pick slower code paths; not measured on Intel). oneDNN, shipped in every PyTorch CPU
+  wheel, can pack each weight once (`torch.ops.mkldnn._reorder_linear_weight`, what `torch.compile` does under
+  `freezing`).
   `fedmedlora.lm.prepack` does that for the duration of one `generate` call (`eval.packed_weights`, default on;
   CPU and fp32 only): the decoder is **1.31×** faster zero-shot and **1.34×** with the federated adapter, with
   answers identical to the unpacked decoder's on 130 of 130 prompts each.

@@ -4,18 +4,19 @@ Owns: ``packed_linears`` (a context manager) and ``can_pack``.
 
 Why: a decoding step multiplies a few rows (the batch) by every weight matrix of the model. PyTorch's default CPU
 ``linear`` calls MKL's ``sgemm``, which re-packs the weight matrix on every call; with 8–32 rows the packing costs
-as much as the product, and on AMD CPUs MKL also takes a slower code path. oneDNN (MKL-DNN, shipped in every CPU
-wheel of PyTorch) can pack a weight once into its blocked layout and reuse it: SmolLM2's decoder got 1.31–1.34×
-faster end to end on a 2-core AMD EPYC (``bench/generate_throughput.py --unpacked``, docs/performance.md). This is
-the weight-prepacking that ``torch.compile``'s CPU backend does under ``freezing``, applied without compiling.
+as much as the product (measured on AMD, where MKL is also known to pick slower code paths). oneDNN (MKL-DNN,
+shipped in every CPU wheel of PyTorch) can pack a weight once into its blocked layout and reuse it: SmolLM2's
+decoder got 1.31–1.34× faster end to end on a 2-core AMD EPYC (``bench/generate_throughput.py --unpacked``,
+docs/performance.md). This is the weight-prepacking that ``torch.compile``'s CPU backend does under ``freezing``,
+applied without compiling.
 
 The packed copy is made when the block is entered (after ``Session.merged`` folded the adapter in) and dropped when
-it is left: it costs one more copy of the linear weights in memory while generating, and nothing outside the block
-changes. Only fp32 ``nn.Linear`` layers on the CPU are packed, not PEFT's rank-r ``lora_A``/``lora_B`` factors;
-any other call (another dtype, autocast, a GPU tensor, grad enabled) falls through to the layer's own ``forward``.
-oneDNN sums in a different order than MKL, so a result can differ in the last bits (~1e-6 relative): greedy
-answers equal the unpacked ones except where two tokens' logits tie to that precision (measured in
-``bench/generate_throughput.py``).
+it is left: it costs one more copy of the linear weights in memory while generating (skipped, decoding unpacked,
+when that copy would not fit twice into the memory available), and nothing outside the block changes. Only fp32
+``nn.Linear`` layers on the CPU are packed, not PEFT's rank-r ``lora_A``/``lora_B`` factors; any other call
+(another dtype, autocast, a GPU tensor, grad enabled) falls through to the layer's own ``forward``. oneDNN sums in
+a different order than MKL, so a result can differ in the last bits (~1e-6 relative): greedy answers equal the
+unpacked ones except where two tokens' logits tie to that precision (measured in ``bench/generate_throughput.py``).
 
 This is an adapter module: it imports torch. It must not import flwr or the CLI.
 """
