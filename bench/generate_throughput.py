@@ -104,6 +104,13 @@ def _compute_bound(n_params: int) -> dict[str, float]:
     return {"matmul_gflops_fp32": round(gflops, 1), "tokens_per_s_bound": round(gflops * 1e9 / (2 * n_params), 1)}
 
 
+def _timed(fn: Any) -> tuple[Any, float]:
+    """``fn()`` and the seconds it took."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
 def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], items: list[Any], cfg: Any,
                 args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     tok = session.tokenizer
@@ -111,16 +118,12 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
     kw = {"max_new_tokens": cfg.eval.max_new_tokens, "batch_size": cfg.eval.batch_size}
     extra: dict[str, Any] = {}
     with session.merged():
-        t0 = time.perf_counter()
-        plain_ids = generate_hf(session.model, tok, prompts, return_ids=True, **kw)
-        t_plain = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fast = generate(session.model, tok, prompts, progress=False, **kw)
-        t_fast = time.perf_counter() - t0
+        plain_ids, t_plain = _timed(lambda: generate_hf(session.model, tok, prompts, return_ids=True, **kw))
+        fast, t_fast = _timed(lambda: generate(session.model, tok, prompts, progress=False, **kw))
         if args.unpacked:
-            t0 = time.perf_counter()
-            unpacked = generate(session.model, tok, prompts, progress=False, packed_weights=False, **kw)
-            t_unpacked = time.perf_counter() - t0
+            unpacked, t_unpacked = _timed(
+                lambda: generate(session.model, tok, prompts, progress=False, packed_weights=False, **kw)
+            )
             extra["unpacked_s"] = round(t_unpacked, 1)
             extra["packed_speedup_over_unpacked"] = round(t_unpacked / t_fast, 2)
             extra["packed_identical_to_unpacked"] = round(
@@ -128,9 +131,7 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
             )
         if args.old_batch_size:
             old_kw = {**kw, "batch_size": args.old_batch_size}
-            t0 = time.perf_counter()
-            generate_hf(session.model, tok, prompts, **old_kw)
-            t_old = time.perf_counter() - t0
+            _, t_old = _timed(lambda: generate_hf(session.model, tok, prompts, **old_kw))
             extra["plain_old_batch_s"] = round(t_old, 1)
             extra["speedup_over_old_batch"] = round(t_old / t_fast, 2)
 
@@ -164,9 +165,9 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
     }
     if args.constrained:
         with session.merged():
-            t0 = time.perf_counter()
-            con = generate(session.model, tok, prompts, progress=False, constraint=constraint_for(tok), **kw)
-            t_con = time.perf_counter() - t0
+            con, t_con = _timed(
+                lambda: generate(session.model, tok, prompts, progress=False, constraint=constraint_for(tok), **kw)
+            )
         row["constrained_s"] = round(t_con, 1)
         row["f1_constrained"] = _score(items, dict(zip(prompts, con, strict=True)), cfg)
         row["parse_failure_rate_constrained"] = _failure_rate(prompts, con)
@@ -174,9 +175,7 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
         session.model.to(torch.bfloat16)
         try:
             with session.merged():
-                t0 = time.perf_counter()
-                bf = generate(session.model, tok, prompts, progress=False, **kw)
-                t_bf = time.perf_counter() - t0
+                bf, t_bf = _timed(lambda: generate(session.model, tok, prompts, progress=False, **kw))
         finally:
             session.model.to(torch.float32)
         row["bf16_s"] = round(t_bf, 1)

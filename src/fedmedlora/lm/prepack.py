@@ -95,8 +95,11 @@ def packed_linears(model: Any, enabled: bool = True) -> Iterator[int]:
     if not enabled or not can_pack() or not isinstance(model, torch.nn.Module):
         yield 0
         return
-    targets = [m for name, m in model.named_modules() if _packable(m) and not _is_lora_factor(name)]
-    targets = [m for m in targets if "forward" not in m.__dict__]
+    targets = [
+        m
+        for name, m in model.named_modules()
+        if _packable(m) and not _is_lora_factor(name) and "forward" not in m.__dict__
+    ]
     if not targets or not _fits(sum(m.weight.numel() * m.weight.element_size() for m in targets)):
         yield 0
         return
