@@ -19,6 +19,11 @@ unconstrained ones.
 before ``fedmedlora.lm.prepack``) and its agreement with the packed one; ``--old-batch-size 8`` also times plain
 ``model.generate`` at the batch size the demo evaluated with when issue 12 was filed.
 
+``--ctranslate2`` (needs ``pip install ctranslate2``; not a project dependency) also decodes with a CTranslate2
+fp32 generator converted from the merged model: prompts grouped by instruction with the group's common prefix as
+CTranslate2's cached ``static_prompt``, the same stop rule applied through its per-token callback; its time (after
+conversion) against the new decoder and its share of identical answers.
+
 Nothing is asserted. Usage::
 
     python bench/generate_throughput.py                       # ~15 min on 2 cores
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -104,11 +110,67 @@ def _compute_bound(n_params: int) -> dict[str, float]:
     return {"matmul_gflops_fp32": round(gflops, 1), "tokens_per_s_bound": round(gflops * 1e9 / (2 * n_params), 1)}
 
 
+def _identical(a: list[str], b: list[str]) -> float:
+    """Share of positions where two answer lists agree exactly."""
+    return round(sum(x == y for x, y in zip(a, b, strict=True)) / len(a), 4)
+
+
 def _timed(fn: Any) -> tuple[Any, float]:
     """``fn()`` and the seconds it took."""
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def _ctranslate2(session: Session, prompts: list[Any], kw: dict[str, Any], workdir: Path) -> tuple[list[str], float]:
+    """Decode ``prompts`` with a CTranslate2 generator converted from the merged model (call inside
+    ``session.merged()``): the answers and the decoding seconds (conversion excluded)."""
+    import copy
+
+    import ctranslate2
+
+    from fedmedlora.lm.generate import common_prefix_length
+    from fedmedlora.lm.model import encode_prompt, eos_token_ids
+
+    tok, hf, ct2_dir = session.tokenizer, workdir / "hf", workdir / "ct2"
+    merged = copy.deepcopy(session.model)
+    merged = merged.merge_and_unload() if hasattr(merged, "merge_and_unload") else merged
+    merged.save_pretrained(hf)
+    tok.save_pretrained(hf)
+    ctranslate2.converters.TransformersConverter(str(hf)).convert(str(ct2_dir), quantization="float32", force=True)
+    gen = ctranslate2.Generator(str(ct2_dir), device="cpu", compute_type="float32",
+                                intra_threads=torch.get_num_threads())  # fmt: skip
+    encoded = [encode_prompt(tok, p, True) for p in prompts]
+    eos = list(eos_token_ids(session.model, tok))
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p.instruction, []).append(i)
+    outs = [""] * len(prompts)
+
+    def run() -> None:
+        for idx in groups.values():
+            k = min(common_prefix_length([encoded[i] for i in idx]), min(len(encoded[i]) for i in idx) - 1)
+            idx = sorted(idx, key=lambda i: len(encoded[i]))
+            for b in range(0, len(idx), kw["batch_size"]):
+                chunk = idx[b : b + kw["batch_size"]]
+                rules = [StopRule.for_prompt(prompts[i]) for i in chunk]
+                ids: list[list[int]] = [[] for _ in chunk]
+
+                def stop(step: Any, ids: list[list[int]] = ids, rules: list[StopRule] = rules) -> bool:
+                    row = ids[step.batch_id]
+                    row.append(step.token_id)
+                    return rules[step.batch_id](row, tok.decode(row, skip_special_tokens=True))
+
+                results = gen.generate_batch(
+                    [tok.convert_ids_to_tokens(encoded[i][k:]) for i in chunk],
+                    static_prompt=tok.convert_ids_to_tokens(encoded[chunk[0]][:k]) or None,
+                    include_prompt_in_result=False, max_length=kw["max_new_tokens"], end_token=eos, callback=stop,
+                )  # fmt: skip
+                for i, r in zip(chunk, results, strict=True):
+                    outs[i] = tok.decode(r.sequences_ids[0], skip_special_tokens=True)
+
+    _, seconds = _timed(run)
+    return outs, seconds
 
 
 def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], items: list[Any], cfg: Any,
@@ -126,9 +188,13 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
             )
             extra["unpacked_s"] = round(t_unpacked, 1)
             extra["packed_speedup_over_unpacked"] = round(t_unpacked / t_fast, 2)
-            extra["packed_identical_to_unpacked"] = round(
-                sum(a == b for a, b in zip(fast, unpacked, strict=True)) / len(prompts), 4
-            )
+            extra["packed_identical_to_unpacked"] = _identical(fast, unpacked)
+        if args.ctranslate2:
+            with tempfile.TemporaryDirectory() as tmp:
+                ct2, t_ct2 = _ctranslate2(session, prompts, kw, Path(tmp))
+            extra["ct2_s"] = round(t_ct2, 1)
+            extra["ct2_speedup_over_fast"] = round(t_fast / t_ct2, 2)
+            extra["ct2_identical_to_fast"] = _identical(fast, ct2)
         if args.old_batch_size:
             old_kw = {**kw, "batch_size": args.old_batch_size}
             _, t_old = _timed(lambda: generate_hf(session.model, tok, prompts, **old_kw))
@@ -153,8 +219,8 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
         "speedup": round(t_plain / t_fast, 2),
         "plain_gen_tokens_per_s": round(plain_tokens / t_plain, 1),
         "fast_gen_tokens_per_s": round(fast_tokens / t_fast, 1),
-        "identical_to_cut_plain": round(sum(a == b for a, b in zip(fast, cut, strict=True)) / n, 4),
-        "identical_to_raw_plain": round(sum(a == b for a, b in zip(fast, plain, strict=True)) / n, 4),
+        "identical_to_cut_plain": _identical(fast, cut),
+        "identical_to_raw_plain": _identical(fast, plain),
         "same_parsed_spans": round(
             sum(_spans(p, a) == _spans(p, b) for p, a, b in zip(prompts, fast, plain, strict=True)) / n, 4
         ),
@@ -180,7 +246,7 @@ def run_adapter(session: Session, arrays: Any, name: str, prompts: list[Any], it
             session.model.to(torch.float32)
         row["bf16_s"] = round(t_bf, 1)
         row["bf16_speedup_vs_fast_fp32"] = round(t_fast / t_bf, 2)
-        row["bf16_identical_to_fast_fp32"] = round(sum(a == b for a, b in zip(bf, fast, strict=True)) / n, 4)
+        row["bf16_identical_to_fast_fp32"] = _identical(bf, fast)
         row["f1_bf16"] = _score(items, dict(zip(prompts, bf, strict=True)), cfg)
     return row
 
@@ -202,6 +268,8 @@ def main() -> None:
     ap.add_argument("--old-batch-size", type=int, default=0,
                     help="also time plain model.generate at this batch size (8: the demo preset when issue 12 was "
                     "filed, commit 860dd14)")  # fmt: skip
+    ap.add_argument("--ctranslate2", action="store_true",
+                    help="also decode with a CTranslate2 fp32 generator (needs the ctranslate2 package)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -235,6 +303,8 @@ def main() -> None:
         cols += ["unpacked_s", "packed_speedup_over_unpacked", "packed_identical_to_unpacked"]
     if args.old_batch_size:
         cols += ["plain_old_batch_s", "speedup_over_old_batch"]
+    if args.ctranslate2:
+        cols += ["ct2_s", "ct2_speedup_over_fast", "ct2_identical_to_fast"]
     cols.append("parse_failure_rate_fast")
     if args.constrained:
         cols += ["f1_constrained", "parse_failure_rate_constrained"]
@@ -244,9 +314,9 @@ def main() -> None:
     )  # fmt: skip
     print(f"compute bound: {bound}")
     out = args.out or RESULTS_DIR / "generate_throughput.json"
-    write_json(
-        out, {"rows": rows, "compute_bound": bound, "machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
-    )
+    payload = {"rows": rows, "compute_bound": bound, "machine": info, "packed_weights": True,  # generate's default
+               "args": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
+    write_json(out, payload)
     print(f"wrote {out}")
 
 

@@ -266,12 +266,15 @@ def _cli_args(args: dict[str, str]) -> str:
     """The command-line flags a result was produced with (defaults, the output path, and ``--train-steps`` next to
     ``--adapter``, which replaces training, left out)."""
     skip = {"out"} | ({"train_steps"} if args.get("adapter", "None") != "None" else set())
+    skip |= {"old_batch_size"} if args.get("old_batch_size") == "0" else set()
     return " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in args.items() if v not in ("None", "False") and k not in skip
+        f"--{k.replace('_', '-')}" + ("" if v == "True" else f" {v}")
+        for k, v in args.items()
+        if v not in ("None", "False") and k not in skip
     )
 
 
-def generate_section(d: dict[str, Any]) -> list[str]:
+def generate_section(d: dict[str, Any], title: str = "the new decoder vs plain `model.generate`") -> list[str]:
     cols = ["adapter", "prompts", "plain s", "new s", "speed-up", "new answers/s", "new gen. tokens/s",
             "identical to plain cut by the stop rule", "identical to raw plain", "same parsed spans",
             "F1 plain (NER/RE)", "F1 new (NER/RE)"]  # fmt: skip
@@ -287,6 +290,9 @@ def generate_section(d: dict[str, Any]) -> list[str]:
         cols += ["new without packed weights s", "packed speed-up", "packed identical to unpacked"]
     if old_batch != "0":
         cols += [f"plain at batch {old_batch} s", f"speed-up over plain at batch {old_batch}"]
+    ct2 = "ct2_identical_to_fast" in (d["rows"][0] if d["rows"] else {})
+    if ct2:
+        cols += ["CTranslate2 s", "CTranslate2 speed-up over new", "CTranslate2 identical to new"]
 
     def f1(x: dict[str, float]) -> str:
         return " / ".join(f"{v:.1f}" for v in x.values())
@@ -308,11 +314,13 @@ def generate_section(d: dict[str, Any]) -> list[str]:
                     f"{100 * r['packed_identical_to_unpacked']:.1f} %"]  # fmt: skip
         if old_batch != "0":
             row += [r["plain_old_batch_s"], f"{r['speedup_over_old_batch']:.2f}×"]
+        if ct2:
+            row += [r["ct2_s"], f"{r['ct2_speedup_over_fast']:.2f}×", f"{100 * r['ct2_identical_to_fast']:.1f} %"]
         rows.append(row)
     bound = d["compute_bound"]
     best = max(r["fast_gen_tokens_per_s"] for r in d["rows"])
     return [
-        f"## Generation: the new decoder vs plain `model.generate` ({_cli_args(d['args']) or 'defaults'})",
+        f"## Generation: {title} ({_cli_args(d['args']) or 'defaults'})",
         "",
         _machine(d),
         "",
@@ -320,7 +328,7 @@ def generate_section(d: dict[str, Any]) -> list[str]:
         "the demo preset's evaluation prompts (JSON, NER + RE with gold heads) of seeded test sentences of all four "
         "sites, decoded by plain `model.generate` (longest-first batches, EOS only) and by `lm.generate.generate` "
         "(continuous batching, shared-prefix KV cache, early stop"
-        + (", linear layers on oneDNN with packed weights" if packed else "")
+        + (", linear layers on oneDNN with packed weights" if packed or d.get("packed_weights") else "")
         + ") with the same batch size and token limit, adapter merged, one after the other in one process.",
         "",
         markdown_table(cols, rows),
@@ -407,7 +415,30 @@ def autocast_f1_lines(f: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def autocast_section(d: dict[str, Any], f1: dict[str, Any] | None = None) -> list[str]:
+def autocast_layouts_lines(d: dict[str, Any] | None) -> list[str]:
+    """Autocast on both micro-batch layouts (``train_autocast_layouts.json``: ``--layouts padded,tree``)."""
+    if d is None:
+        return []
+    rows = [[r["layout"], r["autocast"], r["median_step_s"], r["final_loss"], r["mean_loss"]] for r in d["rows"]]
+    ratios = "; ".join(
+        f"{lay} **{x:.2f}×** (adapters differ by at most {d['max_abs_adapter_diff'][lay]:.3g})"
+        for lay, x in d["speedup_bf16"].items()
+    )
+    return [
+        f"**With prefix-shared micro-batches** (`bench/train_autocast.py {_cli_args(d['args'])}`; "
+        f"measured {d['created_utc']} on {machine_label(d['machine'])}): the same comparison on padded "
+        "micro-batches (`train.prefix_sharing=false`) and on the default prefix tree, each against its own fp32 run.",
+        "",
+        markdown_table(["layout", "autocast", "median step (s)", "final step loss", "mean loss"], rows),
+        "",
+        f"bf16 autocast speed-up per layout: {ratios}.",
+        "",
+    ]
+
+
+def autocast_section(
+    d: dict[str, Any], f1: dict[str, Any] | None = None, layouts: dict[str, Any] | None = None
+) -> list[str]:
     rows = [[r["autocast"], r["median_step_s"], r["final_loss"], r["mean_loss"]] for r in d["rows"]]
     return [
         "## Training under bf16 autocast (CPU)",
@@ -423,6 +454,7 @@ def autocast_section(d: dict[str, Any], f1: dict[str, Any] | None = None) -> lis
         f"bf16 autocast: **{d['speedup_bf16']:.2f}×** faster steps; the two trained adapters differ by at most "
         f"{d['max_abs_adapter_diff']:.3g} in any weight.",
         "",
+        *autocast_layouts_lines(layouts),
         *autocast_f1_lines(f1),
     ]
 
@@ -598,8 +630,29 @@ DECODE_NOTES = """Reading it (AMD EPYC, 2 threads, 2026-12-04; the issue asked f
   (not kept: greedy paths differed from the reference on random inputs).
 - **CTranslate2 is not faster on this CPU.** Its fp32 generator steps in 107 ms at batch 16 (transformers: 123
   ms) but 289 ms at batch 32 (transformers: 212 ms); its bf16 mode is refused on this CPU ("do not support
-  efficient bfloat16 computation"). It would also need every adapter merged and converted (~10 s each). Not
-  adopted; openvino-genai was not tried.
+  efficient bfloat16 computation"). It would also need every adapter merged and converted (~10 s each). End to
+  end (2026-12-05, `bench/generate_throughput.py --ctranslate2`, next section): with each instruction's common
+  prefix as its cached `static_prompt` and the same stop rule through its per-token callback, it returns the
+  same answers as this decoder on 130/130 prompts per adapter but takes 135 s against 83 s zero-shot and 88 s
+  against 43 s with the Fed-MedLoRA adapter (0.61× / 0.48×): its batches cannot mix instructions (one static
+  prompt per call), and on this AMD CPU it selects AVX2 with unpacked oneDNN sgemm (forcing AVX-512 or MKL was
+  no faster on 35 prompts). Not adopted.
+- **openvino-genai was not tried**: its exporter (optimum-intel 2.2.0, the newest here) requires transformers
+  < 5.6 and this project runs 5.23, so a model could only be exported from a second environment.
+- **Cascade attention over the shared prefix** (tried 2026-12-05, not kept): each instruction prefix's keys and
+  values held once per batch, each row's cache holding only its own tokens, attention computed over the prefix
+  (all rows of a group stacked against one copy) and over the row's own tokens, and merged by log-sum-exp.
+  Answers were identical to this decoder on 35/35 prompts per adapter, but decoding was slower: 29.3 s against
+  27.3 s zero-shot and 23.2 s against 20.3 s with the demo's Fed-MedLoRA adapter (0.93× / 0.87× the speed). The
+  profile that motivated it overstated the cost of per-row copies: PyTorch's fused SDPA kernel with grouped
+  key/value heads reads 32 rows × 300 cached positions in ~0.6 ms per layer when warm, while splitting every
+  layer's attention into two kernels plus the merge added more operator overhead than the copies cost (a
+  profile of 32 zero-shot prompts: 53 % packed linear layers, 20 % SDPA, 9 % cache concatenation, about half of
+  the linear time in prefill).
+- **Also tried 2026-12-05, not kept:** `torch.compile(dynamic=True)` with Inductor's weight freezing on one
+  decoding step (32 rows, 300 cached positions): 104 s to compile and 322 ms per step against 165 ms for the
+  eager step with packed weights (same logits argmax); an evaluation batch of 64 instead of 32: 1.13× zero-shot
+  but 0.88× with the Fed-MedLoRA adapter (130 prompts, identical answers), so the preset stays at 32.
 - What is left is the arithmetic: an fp32 matmul runs at ~190 GFLOP/s on these 2 cores (~700 generated tokens/s
   for a 135M model), and decoding at batch 32 reaches ~150 tokens/s. bf16 or int8 weights would halve the bytes
   read per step, and they change answers (bf16: 23–46 % of answers on the Intel machine), so fp32 stays the
@@ -631,9 +684,10 @@ study's Fed-MedLoRA adapter, `runs/demo/fed-medlora/adapters/final`):
   the shared prefix's keys and values), 8 % in the cache's per-step concatenation. A cache with spare positions
   (written in place) removed the concatenations but added as many copies whenever a row leaves the batch: no
   measurable gain (0.94× and 1.03× on 48 prompts), not kept. Attending to the shared prefix once per batch
-  (cascade attention) would save most of the 18 %, i.e. at most ~1.2×, and needs a custom attention and cache
-  inside transformers; not built. Zero-shot answers mostly run to the 96-token limit, which no exact decoder can
-  shorten."""
+  (cascade attention) was built as a transformers attention function and tried: identical answers, 0.87–0.93×
+  the speed, not kept (details under "what bounds a faster CPU decoder" below). CTranslate2 end to end: identical
+  answers, 0.48–0.61× the speed (the table after that section). Zero-shot answers mostly run to the 96-token
+  limit, which no exact decoder can shorten."""
 
 
 #: Reading of the deployment tables (by hand, from the logs of the runs they describe).
@@ -736,9 +790,12 @@ def render() -> str:
     d = _load("decode_alternatives")
     if d is not None:
         lines += [*decode_section(d), DECODE_NOTES, ""]
+    d = _load("generate_ct2")  # bench/generate_throughput.py --ctranslate2: CTranslate2 end to end
+    if d is not None:
+        lines += generate_section(d, "CTranslate2 end to end, next to the new decoder and plain `model.generate`")
     d = _load("train_autocast")
     if d is not None:
-        lines += autocast_section(d, _load("train_autocast_f1"))
+        lines += autocast_section(d, _load("train_autocast_f1"), _load("train_autocast_layouts"))
     d = _load("train_prefix_sharing")
     if d is not None:
         lines += prefix_sharing_section(d)
