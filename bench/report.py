@@ -416,7 +416,8 @@ def autocast_f1_lines(f: dict[str, Any] | None) -> list[str]:
 
 
 def autocast_layouts_lines(d: dict[str, Any] | None) -> list[str]:
-    """Autocast on both micro-batch layouts (``train_autocast_layouts.json``: ``--layouts padded,tree``)."""
+    """Autocast per micro-batch layout (``train_autocast.py --layouts``: rows with a ``layout``, speed-ups per
+    layout), e.g. ``train_autocast_layouts.json``."""
     if d is None:
         return []
     rows = [[r["layout"], r["autocast"], r["median_step_s"], r["final_loss"], r["mean_loss"]] for r in d["rows"]]
@@ -439,6 +440,8 @@ def autocast_layouts_lines(d: dict[str, Any] | None) -> list[str]:
 def autocast_section(
     d: dict[str, Any], f1: dict[str, Any] | None = None, layouts: dict[str, Any] | None = None
 ) -> list[str]:
+    if isinstance(d["speedup_bf16"], dict):  # a run of the bench since --layouts (rows per layout)
+        return ["## Training under bf16 autocast (CPU)", "", *autocast_layouts_lines(d), *autocast_f1_lines(f1)]
     rows = [[r["autocast"], r["median_step_s"], r["final_loss"], r["mean_loss"]] for r in d["rows"]]
     return [
         "## Training under bf16 autocast (CPU)",
