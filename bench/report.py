@@ -655,7 +655,10 @@ DECODE_NOTES = """Reading it (AMD EPYC, 2 threads, 2026-12-04; the issue asked f
 - **Also tried 2026-12-05, not kept:** `torch.compile(dynamic=True)` with Inductor's weight freezing on one
   decoding step (32 rows, 300 cached positions): 104 s to compile and 322 ms per step against 165 ms for the
   eager step with packed weights (same logits argmax); an evaluation batch of 64 instead of 32: 1.13× zero-shot
-  but 0.88× with the Fed-MedLoRA adapter (130 prompts, identical answers), so the preset stays at 32.
+  but 0.88× with the Fed-MedLoRA adapter (130 prompts, identical answers), so the preset stays at 32; glibc's
+  heap kept from shrinking (`MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`): the cache concatenation of a
+  fresh process went from 135 to 22 ms per step (page faults), but a real `generate` call took the same time
+  (20.4 s against 20.6 s), its heap being warm already.
 - What is left is the arithmetic: an fp32 matmul runs at ~190 GFLOP/s on these 2 cores (~700 generated tokens/s
   for a 135M model), and decoding at batch 32 reaches ~150 tokens/s. bf16 or int8 weights would halve the bytes
   read per step, and they change answers (bf16: 23–46 % of answers on the Intel machine), so fp32 stays the
