@@ -425,10 +425,12 @@ def autocast_layouts_lines(d: dict[str, Any] | None) -> list[str]:
         f"{lay} **{x:.2f}×** (adapters differ by at most {d['max_abs_adapter_diff'][lay]:.3g})"
         for lay, x in d["speedup_bf16"].items()
     )
+    described = {"padded": "padded micro-batches (`train.prefix_sharing=false`)", "tree": "the default prefix tree"}
+    on = " and on ".join(described[lay] for lay in d["speedup_bf16"])
     return [
-        f"**With prefix-shared micro-batches** (`bench/train_autocast.py {_cli_args(d['args'])}`; "
-        f"measured {d['created_utc']} on {machine_label(d['machine'])}): the same comparison on padded "
-        "micro-batches (`train.prefix_sharing=false`) and on the default prefix tree, each against its own fp32 run.",
+        f"**Per micro-batch layout** (`bench/train_autocast.py {_cli_args(d['args'])}`; measured "
+        f"{d['created_utc']} on {machine_label(d['machine'])}): bf16 autocast on {on}, each against "
+        "its own fp32 run.",
         "",
         markdown_table(["layout", "autocast", "median step (s)", "final step loss", "mean loss"], rows),
         "",
