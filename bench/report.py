@@ -278,19 +278,20 @@ def generate_section(d: dict[str, Any], title: str = "the new decoder vs plain `
     cols = ["adapter", "prompts", "plain s", "new s", "speed-up", "new answers/s", "new gen. tokens/s",
             "identical to plain cut by the stop rule", "identical to raw plain", "same parsed spans",
             "F1 plain (NER/RE)", "F1 new (NER/RE)"]  # fmt: skip
-    extra = "bf16_identical_to_fast_fp32" in (d["rows"][0] if d["rows"] else {})
-    con = "f1_constrained" in (d["rows"][0] if d["rows"] else {})
+    first = d["rows"][0] if d["rows"] else {}  # the optional columns a run measured show in every row
+    extra = "bf16_identical_to_fast_fp32" in first
+    con = "f1_constrained" in first
     if extra:
         cols += ["bf16 speed-up over new fp32", "bf16 identical to fp32", "F1 bf16"]
     if con:
         cols += ["parse-failure share new", "F1 constrained", "parse-failure share constrained"]
-    packed = "packed_identical_to_unpacked" in (d["rows"][0] if d["rows"] else {})
+    packed = "packed_identical_to_unpacked" in first
     old_batch = d["args"].get("old_batch_size", "0")
     if packed:
         cols += ["new without packed weights s", "packed speed-up", "packed identical to unpacked"]
     if old_batch != "0":
         cols += [f"plain at batch {old_batch} s", f"speed-up over plain at batch {old_batch}"]
-    ct2 = "ct2_identical_to_fast" in (d["rows"][0] if d["rows"] else {})
+    ct2 = "ct2_identical_to_fast" in first
     if ct2:
         cols += ["CTranslate2 s", "CTranslate2 speed-up over new", "CTranslate2 identical to new"]
 
