@@ -181,3 +181,72 @@ def test_constrained_decoding_never_fails_to_parse_on_200_fuzzed_prompts(tiny):
         assert sorted(p.sentence[s.start : s.end] for s in res.spans) == texts
         n_spans += len(res.spans)
     assert n_spans > 20  # the model did write spans, not only "[]"
+
+
+def test_joining_caches_pads_each_left_and_releases_the_inputs():
+    from transformers import DynamicCache
+
+    from fedmedlora.lm.generate import _join_caches
+
+    torch.manual_seed(0)
+    old_kv = [(torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)) for _ in range(2)]
+    new_kv = [(torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4)) for _ in range(2)]
+    old, new = DynamicCache(ddp_cache_data=old_kv), DynamicCache(ddp_cache_data=new_kv)
+    old_mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    new_mask = torch.tensor([[0, 0, 1, 1, 1]])
+    joined, mask = _join_caches(old, old_mask, new, new_mask, None)
+    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    for layer, (ko, vo), (kn, vn) in zip(joined.layers, old_kv, new_kv, strict=True):
+        for got, o, n in ((layer.keys, ko, kn), (layer.values, vo, vn)):
+            assert got.shape == (3, 1, 5, 4)
+            assert torch.equal(got[:2, :, 2:], o) and torch.equal(got[2:], n)
+            assert not got[:2, :, :2].any()  # the padding the mask hides
+    assert all(layer.keys is None and layer.values is None for layer in (*old.layers, *new.layers))
+
+
+def test_decoding_keeps_no_stale_cache_alive_between_refills(tiny, monkeypatch):
+    """At every decoding step only the running batch's cache may be alive. A cache kept in a local (as the decoder
+    once did with the tensors of its last join) holds extra copies of the batch's keys and values for the whole
+    decoding phase: that was +2.0 GB peak RSS in the demo's zero-shot evaluation (docs/performance.md)."""
+    import weakref
+
+    import fedmedlora.lm.generate as gen_mod
+
+    model, tok = tiny
+    real = gen_mod._refill
+    recorded: list[weakref.ref] = []
+    state = {"refills": 0, "joins": 0, "checked_steps": 0, "in_refill": False}
+
+    def tensors(cache):
+        return [] if cache is None else [t for layer in cache.layers for t in (layer.keys, layer.values)]
+
+    def spy(*args):
+        state["in_refill"] = True
+        try:
+            running = args[5]  # the batch's cache before the join (None when no row is running)
+            state["joins"] += running is not None
+            recorded.extend(weakref.ref(t) for t in tensors(running))
+            out = real(*args)
+        finally:
+            state["in_refill"] = False
+        state["refills"] += 1
+        recorded.extend(weakref.ref(t) for t in tensors(out[0]))
+        return out
+
+    def check_step(module, args, kwargs):
+        if state["in_refill"]:
+            return  # a prefill: the running cache is legitimately alive until the join
+        # no gc.collect(): the decoder must free a cache by reference counting, at once, not at the next collection
+        current = {id(t) for t in tensors(kwargs.get("past_key_values"))}
+        stale = sum(r() is not None and id(r()) not in current for r in recorded)
+        assert stale == 0, f"{stale} cache tensors of an earlier batch are still alive at a decoding step"
+        state["checked_steps"] += 1
+
+    monkeypatch.setattr(gen_mod, "_refill", spy)
+    handle = model.register_forward_pre_hook(check_step, with_kwargs=True)
+    try:
+        generate(model, tok, _study_like_prompts(), max_new_tokens=24, batch_size=4, progress=False)
+    finally:
+        handle.remove()
+    # joins into a running batch happened, and decoding steps after them were checked
+    assert state["joins"] >= 2 and state["checked_steps"] >= 10
