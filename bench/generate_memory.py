@@ -140,18 +140,7 @@ def main() -> None:
     print_table(
         f"generate memory ({label})",
         ["prompts", "longest", "KV full batch MB", "RSS before", "RSS peak", "RSS after", "s"],
-        [
-            [
-                c["prompts"],
-                c["longest_prompt"],
-                c["kv_full_batch_mb"],
-                c["rss_before_mb"],
-                c["rss_peak_mb"],
-                c["rss_after_mb"],
-                c["seconds"],
-            ]
-            for c in calls
-        ],
+        [[c[k] for k in calls[0]] for c in calls],
         caption=f"process peak {result['process_peak_rss_mb']} MB; {machine_label(info)}",
     )
     result["args"] = {k: str(v) for k, v in vars(args).items()}

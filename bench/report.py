@@ -374,7 +374,7 @@ def memory_section(d: dict[str, Any]) -> list[str]:
         ]
         for r in runs
     ]
-    calls = sum(len(r["calls"]) for r in runs) // max(1, len(runs))
+    calls = len(runs[0]["calls"])
     return [
         "## Generation memory: peak RSS of one evaluation",
         "",

@@ -160,16 +160,25 @@ class _PrefixCache:
 
         def layers() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for li, (k0, v0) in enumerate(template):
-                keys = k0.new_zeros((len(prefixes), k0.shape[1], width, k0.shape[3]))
-                values = v0.new_zeros((len(prefixes), v0.shape[1], width, v0.shape[3]))
-                for r, row_layers in enumerate(per_row):
-                    if row_layers is not None:
-                        k, v = row_layers[li]
-                        keys[r, :, width - k.shape[2] :] = k[0]
-                        values[r, :, width - v.shape[2] :] = v[0]
-                yield keys, values
+                # a row without a prefix is one row of zero positions
+                yield (
+                    _right_aligned([k0[:, :, :0] if rl is None else rl[li][0] for rl in per_row], width),
+                    _right_aligned([v0[:, :, :0] if rl is None else rl[li][1] for rl in per_row], width),
+                )
 
         return _cache_of(layers(), config), mask
+
+
+def _right_aligned(parts: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """``(rows, heads, positions, dim)`` tensors stacked along the rows, each right-aligned in ``width`` positions
+    (zeros on the left, which the attention mask hides)."""
+    first = parts[0]
+    out = first.new_zeros((sum(p.shape[0] for p in parts), first.shape[1], width, first.shape[3]))
+    row = 0
+    for p in parts:
+        out[row : row + p.shape[0], :, width - p.shape[2] :] = p
+        row += p.shape[0]
+    return out
 
 
 def _cache_of(layers: Iterable[tuple[torch.Tensor, torch.Tensor]], config: Any) -> Any:
@@ -292,15 +301,9 @@ def _join_caches(
 
     def layers() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for lo, ln in zip(old.layers, new.layers, strict=True):
-            pair = []
-            for a, b in ((lo.keys, ln.keys), (lo.values, ln.values)):
-                joined = a.new_zeros((n_old + b.shape[0], a.shape[1], width, a.shape[3]))
-                joined[:n_old, :, width - a.shape[2] :] = a
-                joined[n_old:, :, width - b.shape[2] :] = b
-                pair.append(joined)
+            keys, values = _right_aligned([lo.keys, ln.keys], width), _right_aligned([lo.values, ln.values], width)
             lo.keys = lo.values = ln.keys = ln.values = None  # release the inputs now, not when the join returns
-            a = b = None
-            yield pair[0], pair[1]
+            yield keys, values
 
     mask = torch.zeros((n_old + new_mask.shape[0], width), dtype=old_mask.dtype)
     mask[:n_old, width - old_mask.shape[1] :] = old_mask
