@@ -270,11 +270,15 @@ class RunDir:
             self.finish(ending_status(e), error=f"{type(e).__name__}: {e}"[:500])
             raise
 
-    def finish(self, status: str = "done", **info: Any) -> None:
+    def note(self, **info: Any) -> None:
+        """Add ``info`` to ``run.json``, keeping what it says (status included)."""
         p = self.path / RUN_FILE
         run = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-        run.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
-        self.write_json("run.json", run)
+        run.update(**info)
+        self.write_json(RUN_FILE, run)
+
+    def finish(self, status: str = "done", **info: Any) -> None:
+        self.note(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info)
 
 
 def _jsonable(o: Any) -> Any:

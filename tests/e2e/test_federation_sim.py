@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymodel import build_tiny_world, tiny_federation_config
+from tinymodel import build_tiny_world, tiny_federation_config, tiny_model_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -248,6 +248,39 @@ def test_misspelled_site_and_changed_config_are_refused(world: Path, tmp_path: P
     _run(world, tmp_path / "one", _cfg(world, "fedmedlora", 1))
     with pytest.raises(ResumeError, match=r"configuration changed.*train.max_steps"):
         _run(world, tmp_path / "one", _cfg(world, "fedmedlora", 2, "train.max_steps=3"), resume=True)
+
+
+def test_fed_run_scores_the_final_adapter_and_records_it_in_run_json(world: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedmedlora.benchmark import open_benchmark
+    from fedmedlora.cli import app
+    from fedmedlora.config import load_config
+
+    # the command scores on a benchmark with a manifest: the bundled sample, the tiny model of this world
+    cfg = load_config(
+        overrides=[
+            *tiny_model_overrides(world / "model"),
+            "train.max_steps=1",
+            "train.batch_size=2",
+            "data.max_train_examples=2",
+            "data.tasks=[ner]",
+            "federation.rounds=1",
+            "federation.round_eval_sentences=1",
+            "eval.max_sentences=1",
+            "eval.max_new_tokens=4",
+        ]
+    )
+    cfg.save(tmp_path / "fed.yaml")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["fed", "run", "--out", str(out), "--config", str(tmp_path / "fed.yaml")])
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["rounds_completed"] == 1
+    # the evaluation after the federation is recorded like a local row's (its time, the peak memory so far)
+    assert run["eval_seconds"] > 0 and run["peak_rss_mb"] > 0
+    scores = json.loads((out / "eval" / "test.json").read_text())
+    assert set(open_benchmark(None).sites) <= set(scores)
 
 
 def test_an_interrupted_federation_says_so_in_run_json(world: Path, tmp_path: Path) -> None:

@@ -90,6 +90,9 @@ def test_every_setting_has_a_self_describing_run_folder(study_dir: Path) -> None
         assert (run / "config.yaml").is_file(), name
         assert (run / "eval" / "test.json").is_file(), name
         assert (run / "eval" / "test.md").is_file(), name
+        record = json.loads((run / "run.json").read_text())  # federated rows too: scored after the federation
+        assert record["status"] == "done", name
+        assert record["eval_seconds"] > 0 and record["peak_rss_mb"] > 0, name
         if name != "zero-shot":
             final = run / "adapters" / "final"
             assert (final / "adapter_model.safetensors").is_file(), name

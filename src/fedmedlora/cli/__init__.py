@@ -300,7 +300,7 @@ def fed_run(
     from fedmedlora.federation.simulation import run_federation
     from fedmedlora.federation.strategies import FederationError
     from fedmedlora.lm.session import get_session
-    from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
+    from fedmedlora.recipes.evaluate import evaluate_into
 
     cfg = resolve(config, sets, **{"data.benchmark": benchmark})
     if force and resume:
@@ -319,8 +319,7 @@ def fed_run(
                 run = RunDir(out)
                 with run.recording_end():  # interrupted while scoring: run.json says so
                     bench = open_benchmark(cfg.data.benchmark)
-                    scores = evaluate_arrays(get_session(cfg), result.arrays, bench, list(bench.sites), cfg)
-                    write_eval(run, "test", scores)
+                    scores = evaluate_into(run, get_session(cfg), result.arrays, bench, list(bench.sites), cfg)
             progress.row_finished(label, progress.headline_f1(scores or {}), time.perf_counter() - t0)
     except (*user_errors(), ResumeError, FederationError) as e:
         raise fail(str(e)) from None

@@ -26,7 +26,7 @@ from fedmedlora.intervals import DEFAULT_LEVEL, OVERALL, document_counts, group_
 from fedmedlora.lm.session import Session
 from fedmedlora.metrics import score_sentences
 from fedmedlora.reports import eval_markdown
-from fedmedlora.runs import RunDir, eval_file
+from fedmedlora.runs import RunDir, eval_file, peak_rss_mb
 from fedmedlora.sampling import EvalItem, eval_items
 from fedmedlora.schema import Document
 
@@ -119,3 +119,21 @@ def write_eval(run: RunDir, name: str, results: dict[str, dict[str, Any]]) -> No
         for o in r.get("outputs", [])
     ]
     run.write_text(eval_file(name, "_outputs.jsonl"), "".join(lines))
+
+
+def evaluate_into(
+    run: RunDir,
+    session: Session,
+    arrays: dict[str, np.ndarray] | None,
+    bench: Benchmark,
+    sites: Sequence[str],
+    cfg: RunConfig,
+) -> dict[str, dict[str, Any]]:
+    """``evaluate_arrays``, written as the run's ``eval/test.*`` (``write_eval``); ``run.json`` gets the
+    evaluation's seconds (``eval_seconds``) and the process's peak memory so far (``peak_rss_mb``). The one way
+    every row (local, federated, ``fed run``) is scored into its run folder."""
+    t0 = time.perf_counter()
+    results = evaluate_arrays(session, arrays, bench, sites, cfg)
+    write_eval(run, "test", results)
+    run.note(eval_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=peak_rss_mb())
+    return results

@@ -16,7 +16,7 @@ from fedmedlora.benchmark import Benchmark, open_benchmark
 from fedmedlora.config import RunConfig
 from fedmedlora.lm.adapter_io import adapter_meta, load_adapter_arrays, save_adapter
 from fedmedlora.lm.session import Session
-from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
+from fedmedlora.recipes.evaluate import evaluate_into
 from fedmedlora.runs import FINAL, ROUNDS_FILE, RUN_FILE, RunDir, check_output_dir, peak_rss_mb
 from fedmedlora.sampling import site_examples
 
@@ -112,7 +112,5 @@ def _run_setting(
         )
         session.set_arrays(arrays)
         save_adapter(session.model, run.adapter_dir(FINAL), adapter_meta(cfg, setting=setting, sites=sites))
-    t0 = time.perf_counter()
-    results = evaluate_arrays(session, arrays, bench, eval_sites, cfg)
-    write_eval(run, "test", results)
-    run.finish(eval_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=peak_rss_mb())
+    evaluate_into(run, session, arrays, bench, eval_sites, cfg)
+    run.finish()

@@ -45,7 +45,7 @@ from fedmedlora.html_report import ReportError, write_report
 from fedmedlora.intervals import DEFAULT_LEVEL, compare_models, row_intervals
 from fedmedlora.lm.session import get_session
 from fedmedlora.recipes.encoder_study import encoder_rows
-from fedmedlora.recipes.evaluate import evaluate_arrays, write_eval
+from fedmedlora.recipes.evaluate import evaluate_into
 from fedmedlora.recipes.local import Setting, run_setting
 from fedmedlora.reports import (
     comparison_csv,
@@ -356,8 +356,7 @@ class Study:
             result = run_federation(fcfg, fed_dir)
         run = RunDir(fed_dir)
         with run.recording_end():  # interrupted while scoring: the row's run.json says so
-            evals = evaluate_arrays(self.session, result.arrays, self.bench, self.eval_sites, fcfg)
-            write_eval(run, "test", evals)
+            evals = evaluate_into(run, self.session, result.arrays, self.bench, self.eval_sites, fcfg)
         self.results[name] = evals
         recs = [r for r in result.rounds if r.get("round", 0) > 0]  # every round, an interrupted call's too
         self.fed_rounds[name] = result.rounds
