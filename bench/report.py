@@ -707,6 +707,19 @@ DECODE_NOTES = """Reading it (AMD EPYC, 2 threads, 2026-12-04; the issue asked f
   (so short prompts are not padded to long ones: 1,970 of 8,072 suffix positions on the 130 bench prompts are
   padding): identical answers but 0.93–0.97× the speed (29 prefill passes instead of 12, each chunk joined to
   the running cache).
+- **Tried 2026-12-05 (later), not kept: two decoding processes at 1 thread each instead of one at 2.** If the
+  decoder were bound by per-operator overhead, two processes with one thread each (each decoding half of the
+  prompts) would use the two cores better than one process with two. The 130 bench prompts with the demo's
+  Fed-MedLoRA adapter, batch 32, packed weights: one process at 2 threads 45.4 s; one process at 1 thread 73.1 s
+  (so the second thread already gives 1.61×); the two alternating halves at 1 thread took 40.1 s and 65.1 s each
+  alone and 40.1 s / 66.6 s side by side (they did not slow each other), so the pair needs 66.6 s, 0.68× the
+  speed. Even a perfectly balanced split would take half of 105 s of one-thread work, more than 45.4 s: a half
+  fills the continuous batch for a shorter time and prefills every instruction prefix again.
+- **A stricter loop rule does not pay either** (2026-12-05, the demo study's 533 answers per row re-tokenised):
+  the current rule (≥ 24 tokens, 3 periods) already ends the loops; 2 periods over ≥ 8 or ≥ 16 tokens would have
+  cut 1.1 % of the generated tokens of the zero-shot row (constrained decoding, its default) and 4.8 % of the
+  Fed-MedLoRA row's, at the risk of cutting answers that repeat an item once. The zero-shot row's answers end
+  mostly because their JSON list closes (6 of 533 reach the 96-token limit).
 - What is left is the arithmetic: an fp32 matmul runs at ~190 GFLOP/s on these 2 cores (~700 generated tokens/s
   for a 135M model), and decoding at batch 32 reaches ~150 tokens/s. bf16 or int8 weights would halve the bytes
   read per step, and they change answers (bf16: 23–46 % of answers on the Intel machine), so fp32 stays the
@@ -726,7 +739,9 @@ MEMORY_NOTES = """Reading it (AMD EPYC, 2 threads, 2026-12-05; "before" is commi
   next to the real one (found by listing live tensors by shape between two joins), and glibc kept the freed space
   after the call. In the demo's zero-shot evaluation that was a 5.8 GB peak for a 135M model whose largest KV
   cache is 0.7 GB. The demo run's 6.4 GB peak (README) came from its evaluations: its zero-shot row, which trains
-  nothing, had already reached 5.8 GB.
+  nothing, had already reached 5.8 GB. Re-run after the fix (same day, same machine, alone), the whole demo peaked
+  at 5.0 GB (4.5 GB until the encoder rows; its zero-shot row at 3.7 GB) in 59.6 instead of 60.8 minutes, every
+  answer byte-identical.
 - **The fix** (`fedmedlora.lm.generate._join_caches`, `_cache_of`): a join writes each layer once into one fresh
   tensor and releases that layer of both inputs at once; the cache is filled layer by layer through the public
   `Cache.update`, so building it never holds a second copy (`DynamicCache(ddp_cache_data=...)` did); nothing of
