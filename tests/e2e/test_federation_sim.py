@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymodel import build_tiny_world, tiny_federation_config, tiny_model_overrides
+from tinymodel import build_tiny_world, tiny_federation_config, tiny_world_config
 
 pytestmark = pytest.mark.slow
 
@@ -255,22 +255,12 @@ def test_fed_run_scores_the_final_adapter_and_records_it_in_run_json(world: Path
 
     from fedmedlora.benchmark import open_benchmark
     from fedmedlora.cli import app
-    from fedmedlora.config import load_config
 
-    # the command scores on a benchmark with a manifest: the bundled sample, the tiny model of this world
-    cfg = load_config(
-        overrides=[
-            *tiny_model_overrides(world / "model"),
-            "train.max_steps=1",
-            "train.batch_size=2",
-            "data.max_train_examples=2",
-            "data.tasks=[ner]",
-            "federation.rounds=1",
-            "federation.round_eval_sentences=1",
-            "eval.max_sentences=1",
-            "eval.max_new_tokens=4",
-        ]
-    )
+    # the command scores on a benchmark with a manifest: the bundled sample (no data.benchmark), this world's model
+    cfg = tiny_world_config(
+        world, "fed-run", "train.max_steps=1", "data.max_train_examples=2", "federation.rounds=1",
+        "federation.round_eval_sentences=1", "eval.max_sentences=1", "eval.max_new_tokens=4",
+    )  # fmt: skip
     cfg.save(tmp_path / "fed.yaml")
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["fed", "run", "--out", str(out), "--config", str(tmp_path / "fed.yaml")])
